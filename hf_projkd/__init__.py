@@ -1,0 +1,44 @@
+"""hf_projkd: projector-based feature distillation (SRD, Miles & Mikolajczyk, AAAI 2024) for Hugging Face."""
+
+from .config import DistillationArguments
+from .features import FeatureExtractor, ModelFeatures
+from .loading import load_image_classifier
+from .losses import (
+    classification_loss,
+    dkd_loss,
+    kd_loss,
+    l2_feature_loss,
+    logsum_feature_loss,
+    smooth_l1_feature_loss,
+)
+from .metrics import compute_accuracy, top_k_accuracy
+from .modeling import DistillationModel, DistillationOutput, LossSettings
+from .projector import BatchFeatureNorm, build_feature_norm, build_projector
+from .serialization import load_student_weights, save_student
+from .trainer import DistillationTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchFeatureNorm",
+    "DistillationArguments",
+    "DistillationModel",
+    "DistillationOutput",
+    "DistillationTrainer",
+    "FeatureExtractor",
+    "LossSettings",
+    "ModelFeatures",
+    "build_feature_norm",
+    "build_projector",
+    "classification_loss",
+    "compute_accuracy",
+    "dkd_loss",
+    "kd_loss",
+    "l2_feature_loss",
+    "load_image_classifier",
+    "load_student_weights",
+    "logsum_feature_loss",
+    "save_student",
+    "smooth_l1_feature_loss",
+    "top_k_accuracy",
+]

@@ -1,0 +1,153 @@
+"""The trainable unit: student + projector + feature normalisers in ONE ``nn.Module``.
+
+Keeping them together means the optimizer, DDP (gradient all-reduce), autocast, ``torch.compile``, gradient
+clipping and checkpoints all see the projector: leaving it outside is the method's best-known pitfall.
+The teacher is not part of it: the trainer runs it without autograd and passes its outputs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .features import FeatureExtractor
+from .losses import FEATURE_LOSSES, classification_loss, dkd_loss, hard_labels, kd_loss
+from .projector import build_feature_norm, build_projector
+
+DISTILLATION_STATE_PREFIXES = ("projector.", "student_norm.", "teacher_norm.")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss knobs the module needs, taken from ``DistillationArguments`` (where the defaults live)."""
+
+    feature_loss: str
+    feature_loss_weight: float
+    logsum_exponent: float
+    logit_loss: str
+    logit_loss_weight: float
+    temperature: float
+    dkd_alpha: float
+    dkd_beta: float
+    ce_weight: float
+    label_smoothing: float
+
+    @classmethod
+    def from_args(cls, args: object) -> LossSettings:
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "label_smoothing"}
+        return cls(**values, label_smoothing=getattr(args, "label_smoothing_factor", 0.0))
+
+
+@dataclass
+class DistillationOutput(ModelOutput):
+    """Output of ``DistillationModel``: total loss, inference logits and the unweighted loss components."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    loss_ce: torch.Tensor | None = None
+    loss_logit: torch.Tensor | None = None
+    loss_feature: torch.Tensor | None = None
+
+
+class DistillationModel(nn.Module):
+    """Student, projector and normalisers; ``forward`` returns the SRD loss when given teacher outputs.
+
+    Total loss (METHOD.md): ``ce_weight * CE + logit_loss_weight * KL(p_t || p_s) + feature_loss_weight *
+    log(sum |BN(z_s W + b) - BN(z_t)|^alpha)``. Without teacher outputs (evaluation), it runs the student
+    alone and the loss is the cross-entropy of the inference logits.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        student_feature_dim: int,
+        teacher_feature_dim: int,
+        settings: LossSettings,
+        projector: str = "linear",
+        feature_norm: str = "batchnorm",
+        extractor: FeatureExtractor | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.settings = settings
+        self.student_features = extractor if extractor is not None else FeatureExtractor(student)
+        if settings.feature_loss_weight > 0:
+            self.projector = build_projector(projector, student_feature_dim, teacher_feature_dim)
+            self.student_norm = build_feature_norm(feature_norm, teacher_feature_dim)
+            self.teacher_norm = build_feature_norm(feature_norm, teacher_feature_dim)
+        else:  # no feature term: no unused parameters for DDP to complain about
+            self.projector = self.student_norm = self.teacher_norm = None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+    ) -> DistillationOutput:
+        out = self.student_features(pixel_values)
+        if teacher_logits is None and teacher_features is None:
+            loss = classification_loss(out.logits, labels) if labels is not None else None
+            return DistillationOutput(loss=loss, logits=out.logits)
+
+        s = self.settings
+        parts: dict[str, torch.Tensor] = {}
+        weights: dict[str, float] = {}
+        if s.ce_weight > 0:
+            parts["loss_ce"] = classification_loss(out.class_logits, self._need(labels), s.label_smoothing)
+            weights["loss_ce"] = s.ce_weight
+        if teacher_logits is not None and s.logit_loss != "none" and s.logit_loss_weight > 0:
+            parts["loss_logit"] = self._logit_loss(out.distillation_logits, teacher_logits, labels)
+            weights["loss_logit"] = s.logit_loss_weight
+        if teacher_features is not None and self.projector is not None:
+            parts["loss_feature"] = self.feature_loss(out.features, teacher_features)
+            weights["loss_feature"] = s.feature_loss_weight
+        loss = sum(weights[name] * value for name, value in parts.items())
+        return DistillationOutput(loss=loss, logits=out.logits, **parts)
+
+    def project(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(BN(z_s W + b), BN(z_t))`` in float32: the two sides the feature loss compares."""
+        projected = self.projector(student_features)
+        return self.student_norm(projected.float()), self.teacher_norm(teacher_features.float())
+
+    def feature_loss(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        student_side, teacher_side = self.project(student_features, teacher_features)
+        if self.settings.feature_loss == "logsum":
+            return FEATURE_LOSSES["logsum"](student_side, teacher_side, self.settings.logsum_exponent)
+        return FEATURE_LOSSES[self.settings.feature_loss](student_side, teacher_side)
+
+    def _logit_loss(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        s = self.settings
+        if s.logit_loss == "kl":
+            return kd_loss(student_logits, teacher_logits, s.temperature)
+        return dkd_loss(
+            student_logits, teacher_logits, hard_labels(self._need(labels)), s.dkd_alpha, s.dkd_beta, s.temperature
+        )
+
+    @staticmethod
+    def _need(labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError(
+                "The cross-entropy and DKD terms need labels, but the batch has no 'labels'. Return a 'labels' "
+                "key from your collator / transform, or set ce_weight=0 and logit_loss='kl'."
+            )
+        return labels
+
+    def distillation_state_dict(self) -> dict[str, torch.Tensor]:
+        """Projector and normaliser state (everything but the student), saved beside student checkpoints."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(DISTILLATION_STATE_PREFIXES)}
+
+    def load_distillation_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.distillation_state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                "The projector/normaliser state does not fit this run: missing "
+                f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}. Resume with the "
+                "same projector, feature_norm and feature_loss_weight (>0 or 0) as the run that wrote it."
+            )
+        self.load_state_dict(state, strict=False)

@@ -1,0 +1,208 @@
+"""``DistillationTrainer``: the transformers ``Trainer`` with a frozen teacher and the SRD losses."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .config import DistillationArguments
+from .features import FeatureExtractor, default_input_size, probe_dims
+from .loading import load_image_classifier
+from .metrics import compute_accuracy
+from .modeling import DistillationModel, DistillationOutput, LossSettings
+from .serialization import (
+    load_distillation_state,
+    load_student_weights,
+    save_distillation_state,
+    save_student,
+)
+
+LOSS_COMPONENTS = ("loss_ce", "loss_logit", "loss_feature")
+NO_DECAY_NAMES = ("cls_token", "dist_token", "distillation_token", "pos_embed", "position_embeddings", "mask_token")
+
+
+class DistillationTrainer(Trainer):
+    """Trains a student from a frozen teacher with CE + logit KD + projector feature loss (SRD).
+
+    Args:
+        model: the student, an ``nn.Module`` (timm, transformers or any classifier) or an id / local path.
+        teacher_model: the teacher, a module or an id / path; defaults to ``args.teacher_model_name_or_path``.
+        args: ``DistillationArguments`` (defaults: the paper's ImageNet CNN setting).
+        input_size: (C, H, W) for the dummy forwards that infer feature dims, when the models cannot tell.
+        **kwargs: anything ``Trainer`` takes (datasets, collator, callbacks, processing_class, ...).
+            ``compute_metrics`` defaults to top-1/top-5 accuracy of the student.
+
+    The trained module is a ``DistillationModel`` (student + projector + normalisers). The teacher is kept out of
+    it: frozen, in eval mode, run under ``torch.no_grad`` on the student's device and inside the same autocast.
+    ``save_model`` writes only the student in its native format; checkpoints add the projector/normaliser state,
+    and ``resume_from_checkpoint`` restores both.
+    """
+
+    # compute_loss returns a per-micro-batch mean: the Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module | str,
+        teacher_model: nn.Module | str | None = None,
+        args: DistillationArguments | None = None,
+        input_size: tuple[int, int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        args = args if args is not None else DistillationArguments(output_dir="distillation_output")
+        if not isinstance(args, DistillationArguments):
+            raise TypeError(
+                f"DistillationTrainer needs DistillationArguments, got {type(args).__name__}. Build them with "
+                "DistillationArguments(output_dir=..., <TrainingArguments fields>, <distillation fields>)."
+            )
+        student = load_image_classifier(model) if isinstance(model, str) else model
+        teacher = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if teacher is None:
+            raise ValueError(
+                "No teacher: pass teacher_model=<nn.Module, timm id or transformers id/path> or set "
+                "DistillationArguments.teacher_model_name_or_path."
+            )
+        teacher = load_image_classifier(teacher) if isinstance(teacher, str) else teacher
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_features = FeatureExtractor(self.teacher, args.teacher_feature_module)
+
+        student_extractor = FeatureExtractor(student, args.student_feature_module)
+        student_dim, student_classes, student_size = probe_dims(student_extractor, input_size)
+        teacher_dim, teacher_classes, _ = probe_dims(
+            self.teacher_features, input_size or default_input_size(self.teacher) or student_size
+        )
+        _check_dim("student", student_dim, args.student_feature_dim)
+        _check_dim("teacher", teacher_dim, args.teacher_feature_dim)
+        if args.uses_teacher_logits and student_classes != teacher_classes:
+            raise ValueError(
+                f"The student predicts {student_classes} classes but the teacher {teacher_classes}: the "
+                f"'{args.logit_loss}' logit loss compares them class by class. Give the student a head with "
+                f"{teacher_classes} classes (num_labels={teacher_classes}), use a teacher trained on the same "
+                "label set, or set logit_loss='none' to distil features only."
+            )
+        distillation_model = DistillationModel(
+            student,
+            student_dim,
+            teacher_dim,
+            LossSettings.from_args(args),
+            projector=args.projector,
+            feature_norm=args.feature_norm,
+            extractor=student_extractor,
+        )
+        kwargs.setdefault("compute_metrics", compute_accuracy)
+        super().__init__(model=distillation_model, args=args, **kwargs)
+        self.teacher.to(self.args.device)
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_steps = 0
+        self._saving_checkpoint = False
+
+    # -- loss ----------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
+        """Teacher forward (no autograd) + student/projector forward; student only when evaluating."""
+        pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
+        if model.training:
+            teacher = self.teacher_forward(inputs.get("teacher_pixel_values", pixel_values))
+            outputs = model(
+                pixel_values=pixel_values,
+                labels=labels,
+                teacher_logits=teacher.logits if self.args.uses_teacher_logits else None,
+                teacher_features=teacher.features if self.args.uses_features else None,
+            )
+            self._accumulate_components(outputs)
+        else:
+            outputs = model(pixel_values=pixel_values, labels=labels)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    @torch.no_grad()
+    def teacher_forward(self, pixel_values: torch.Tensor):
+        """Teacher logits and features. Called inside the Trainer's autocast, so in the student's precision."""
+        if self.teacher.training:  # someone called .train() on it: BN running statistics must stay frozen
+            self.teacher.eval()
+        return self.teacher_features(pixel_values)
+
+    # -- logging -------------------------------------------------------------------------------------------
+    def _accumulate_components(self, outputs: DistillationOutput) -> None:
+        for name in LOSS_COMPONENTS:
+            value = outputs.get(name)
+            if value is not None:
+                total = self._component_sums.get(name)
+                self._component_sums[name] = value.detach() if total is None else total + value.detach()
+        self._component_steps += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds each loss component, averaged over the micro-batches since the last log and over processes."""
+        if "loss" in logs and self._component_steps:
+            for name, total in self._component_sums.items():
+                mean = self.accelerator.reduce(total / self._component_steps, reduction="mean")
+                logs[name] = round(mean.item(), 4)
+            self._component_sums, self._component_steps = {}, 0
+        super().log(logs, start_time)
+
+    # -- optimizer -----------------------------------------------------------------------------------------
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Weight decay by shape, not by name: ``all`` parameters (CNN protocols) or ``no_1d`` (timm/DeiT)."""
+        if self.args.weight_decay_filter == "transformers":
+            return super().get_decay_parameter_names(model)
+        names = [name for name, _ in model.named_parameters()]
+        if self.args.weight_decay_filter == "all":
+            return names
+        parameters = dict(model.named_parameters())
+        return [
+            name for name in names
+            if parameters[name].ndim > 1 and not name.split(".")[-1].endswith(NO_DECAY_NAMES)
+        ]
+
+    # -- saving and resuming -------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Writes the student alone, natively; inside a checkpoint also the projector/normaliser state."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        save_student(unwrapped.student, output_dir)
+        if self._saving_checkpoint and unwrapped.projector is not None:
+            save_distillation_state(unwrapped.distillation_state_dict(), output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_student_weights(unwrapped.student, resume_from_checkpoint)
+        if unwrapped.projector is not None:
+            unwrapped.load_distillation_state_dict(load_distillation_state(resume_from_checkpoint))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    @property
+    def student(self) -> nn.Module:
+        """The student being trained (unwrapped)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False).student
+
+
+def _check_dim(side: str, inferred: int, given: int | None) -> None:
+    if given is not None and given != inferred:
+        raise ValueError(
+            f"{side}_feature_dim={given} was given, but the {side}'s features have dim {inferred} (inferred by a "
+            f"dummy forward). Remove {side}_feature_dim, or pick the {side}_feature_module that gives {given}-d "
+            "features."
+        )
+

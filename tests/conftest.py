@@ -1,0 +1,48 @@
+"""Tiny random-initialised models and data shared by the tests (no network, seconds on a CPU)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
+
+NUM_CLASSES = 5
+IMAGE_SIZE = 32
+
+
+def tiny_vit(num_labels: int = NUM_CLASSES, seed: int = 0) -> ViTForImageClassification:
+    """A 2-layer transformers ViT without dropout or batch norm (so gradients do not depend on batch split)."""
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_timm_resnet(num_classes: int = NUM_CLASSES, seed: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("resnet10t", num_classes=num_classes, pretrained=False)
+
+
+def random_image_dataset(n: int = 32, num_classes: int = NUM_CLASSES, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict(
+        {
+            "pixel_values": torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g).numpy(),
+            "labels": torch.randint(0, num_classes, (n,), generator=g).numpy(),
+        }
+    ).with_format("torch")
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return random_image_dataset()
