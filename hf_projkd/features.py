@@ -159,6 +159,9 @@ def _timm_features(model: nn.Module, pixel_values: torch.Tensor) -> ModelFeature
 def default_input_size(model: nn.Module) -> tuple[int, int, int] | None:
     """(C, H, W) the model expects, from timm's pretrained_cfg or a transformers config, else None."""
     for candidate in (model, getattr(model, "timm_model", None)):
+        patch_embed = getattr(candidate, "patch_embed", None)  # timm ViTs built with another img_size
+        if getattr(patch_embed, "img_size", None) and hasattr(getattr(patch_embed, "proj", None), "in_channels"):
+            return (patch_embed.proj.in_channels, *tuple(patch_embed.img_size))
         cfg = getattr(candidate, "pretrained_cfg", None)
         if isinstance(cfg, dict) and cfg.get("input_size"):
             return tuple(cfg["input_size"])

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.trainer_utils import load_sharded_checkpoint
 
 from .features import is_timm_model
 
@@ -31,23 +31,38 @@ def save_student(student: nn.Module, output_dir: str | os.PathLike) -> None:
     if isinstance(student, PreTrainedModel):
         student.save_pretrained(output_dir)
     elif is_timm_model(student):
-        save_for_hf(student, str(output_dir), safe_serialization=True)
+        _save_timm(student, output_dir)
     else:
         save_file(_contiguous(student.state_dict()), output_dir / STUDENT_WEIGHTS_FILE, metadata={"format": "pt"})
+
+
+def _save_timm(student: nn.Module, output_dir: Path) -> None:
+    """timm's Hub format, minus ``model_args.num_classes``: the root ``num_classes`` already says it, and
+    transformers' ``TimmWrapperForImageClassification`` fails on the duplicate ("multiple values for num_classes").
+    """
+    save_for_hf(student, str(output_dir), safe_serialization=True)
+    config_path = output_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def load_student_weights(student: nn.Module, folder: str | os.PathLike) -> None:
     """Load weights written by ``save_student`` back into ``student`` (strict: every key must match)."""
     folder = Path(folder)
-    if (folder / STUDENT_WEIGHTS_INDEX_FILE).is_file():
-        load_sharded_checkpoint(student, str(folder), strict=True)
-        return
     weights = folder / STUDENT_WEIGHTS_FILE
-    if not weights.is_file():
+    if not weights.is_file() and not (folder / STUDENT_WEIGHTS_INDEX_FILE).is_file():
         raise FileNotFoundError(
             f"No student weights in {folder}: expected {STUDENT_WEIGHTS_FILE} (or a sharded index). Is this a "
             "checkpoint folder written by DistillationTrainer (output_dir/checkpoint-<step>)?"
         )
+    if isinstance(student, PreTrainedModel):
+        # transformers may rename keys on save (v5 checkpoint conversion) and shard: let it read its own files
+        if weights.is_file():
+            read_safetensors(weights)  # a clear error for a truncated file, before transformers' own
+        reloaded = type(student).from_pretrained(folder, config=student.config)
+        student.load_state_dict(reloaded.state_dict(), strict=True)
+        return
     student.load_state_dict(read_safetensors(weights), strict=True)
 
 

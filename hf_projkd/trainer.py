@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Trainer
 
 from .config import DistillationArguments
-from .features import FeatureExtractor, default_input_size, probe_dims
+from .features import FeatureExtractor, probe_dims
 from .loading import load_image_classifier
 from .metrics import compute_accuracy
 from .modeling import DistillationModel, DistillationOutput, LossSettings
@@ -72,9 +72,8 @@ class DistillationTrainer(Trainer):
 
         student_extractor = FeatureExtractor(student, args.student_feature_module)
         student_dim, student_classes, student_size = probe_dims(student_extractor, input_size)
-        teacher_dim, teacher_classes, _ = probe_dims(
-            self.teacher_features, input_size or default_input_size(self.teacher) or student_size
-        )
+        # the teacher sees the student's pixel_values, so probe it at the student's input size
+        teacher_dim, teacher_classes, _ = probe_dims(self.teacher_features, student_size)
         _check_dim("student", student_dim, args.student_feature_dim)
         _check_dim("teacher", teacher_dim, args.teacher_feature_dim)
         if args.uses_teacher_logits and student_classes != teacher_classes:

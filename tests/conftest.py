@@ -46,3 +46,24 @@ def random_image_dataset(n: int = 32, num_classes: int = NUM_CLASSES, seed: int 
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return random_image_dataset()
+
+
+def tiny_timm_vit(num_classes: int = NUM_CLASSES, seed: int = 2) -> torch.nn.Module:
+    """A small timm ViT teacher with 48-d features (the student's are 32-d, so the projector maps 32 -> 48)."""
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224", num_classes=num_classes, img_size=IMAGE_SIZE, patch_size=8, depth=2,
+        embed_dim=48, num_heads=2, pretrained=False,
+    )
+
+
+def make_args(output_dir, **overrides):
+    from hf_projkd import DistillationArguments
+
+    values = dict(
+        output_dir=str(output_dir), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+        disable_tqdm=True, seed=0, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+        learning_rate=1e-3, max_steps=2,
+    )
+    values.update(overrides)
+    return DistillationArguments(**values)
