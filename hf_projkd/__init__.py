@@ -1,5 +1,6 @@
 """hf_projkd: projector-based feature distillation (SRD, Miles & Mikolajczyk, AAAI 2024) for Hugging Face."""
 
+from . import models  # registers the CIFAR architectures with the transformers Auto classes
 from .config import DistillationArguments
 from .features import FeatureExtractor, ModelFeatures
 from .loading import load_image_classifier
