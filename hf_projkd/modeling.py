@@ -56,8 +56,8 @@ class DistillationModel(nn.Module):
     """Student, projector and normalisers; ``forward`` returns the SRD loss when given teacher outputs.
 
     Total loss (METHOD.md): ``ce_weight * CE + logit_loss_weight * KL(p_t || p_s) + feature_loss_weight *
-    log(sum |BN(z_s W + b) - BN(z_t)|^alpha)``. Without teacher outputs (evaluation), it runs the student
-    alone and the loss is the cross-entropy of the inference logits.
+    log(sum |BN(z_s W + b) - BN(z_t)|^alpha)``; a term whose teacher output is not given is left out. In eval
+    mode it runs the student alone and the loss is the cross-entropy of the inference logits.
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class DistillationModel(nn.Module):
         teacher_features: torch.Tensor | None = None,
     ) -> DistillationOutput:
         out = self.student_features(pixel_values)
-        if teacher_logits is None and teacher_features is None:
+        if not self.training:  # evaluation: the student alone, CE of its inference logits
             loss = classification_loss(out.logits, labels) if labels is not None else None
             return DistillationOutput(loss=loss, logits=out.logits)
 

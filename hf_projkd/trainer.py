@@ -109,17 +109,19 @@ class DistillationTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
         """Teacher forward (no autograd) + student/projector forward; student only when evaluating."""
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
-        if model.training:
-            teacher = self.teacher_forward(inputs.get("teacher_pixel_values", pixel_values))
+        if not model.training:
+            outputs = model(pixel_values=pixel_values, labels=labels)
+        else:
+            teacher = None
+            if self.args.uses_teacher_logits or self.args.uses_features:  # CE-only baselines skip the teacher
+                teacher = self.teacher_forward(inputs.get("teacher_pixel_values", pixel_values))
             outputs = model(
                 pixel_values=pixel_values,
                 labels=labels,
-                teacher_logits=teacher.logits if self.args.uses_teacher_logits else None,
-                teacher_features=teacher.features if self.args.uses_features else None,
+                teacher_logits=teacher.logits if teacher is not None and self.args.uses_teacher_logits else None,
+                teacher_features=teacher.features if teacher is not None and self.args.uses_features else None,
             )
             self._accumulate_components(outputs)
-        else:
-            outputs = model(pixel_values=pixel_values, labels=labels)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     @torch.no_grad()
