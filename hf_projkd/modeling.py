@@ -60,6 +60,8 @@ class DistillationModel(nn.Module):
     mode it runs the student alone and the loss is the cross-entropy of the inference logits.
     """
 
+    config = None  # no config of its own; Trainer reads `model.config` (label smoothing, use_cache), None-safe
+
     def __init__(
         self,
         student: nn.Module,

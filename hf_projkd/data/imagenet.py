@@ -1,0 +1,194 @@
+"""ImageNet-style data for the recipes: loading (Hub id, parquet or image folder; optionally streamed), timm
+train/eval transforms, and the collators (Mixup/CutMix for training, plain stacking for evaluation).
+
+Train transforms follow DeiT: bicubic RandomResizedCrop + flip, RandAugment ``rand-m9-mstd0.5-inc1``, random
+erasing. Eval transforms resize the shorter side to ``input_size / crop_pct`` and center-crop ``input_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import ClassLabel, Dataset, IterableDataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+from .loading import load_image_dataset, resolve_columns
+from .mixup import MixupCollator, collate_images
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+"""Size of the ILSVRC-2012 train split, for step counts when streaming and the dataset does not say."""
+
+
+@dataclass
+class ImageNetDataArguments:
+    """Where the images come from and how they are augmented (defaults: DeiT's ImageNet recipe)."""
+
+    dataset_name: str = field(
+        default="ILSVRC/imagenet-1k",
+        metadata={"help": "Hub dataset id (gated: accept its terms and `hf auth login` first), a local folder of "
+                  "<split>-*.parquet files, a .parquet file, or an image folder <split>/<class>/<image>."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (labelled)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: auto-detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: auto-detected)."})
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset instead of downloading it (no disk needed; needs "
+                                 "max_steps or num_train_examples to size the schedule)."}
+    )
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer when streaming."})
+    num_train_examples: int | None = field(
+        default=None, metadata={"help": "Train split size when streaming and the dataset metadata lacks it "
+                                "(ImageNet: 1281167)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval split (debugging)."})
+    input_size: int = field(default=224, metadata={"help": "Training and evaluation crop size (pixels)."})
+    crop_pct: float = field(default=0.875, metadata={"help": "Eval center-crop ratio: resize to size/crop_pct."})
+    interpolation: str = field(default="bicubic", metadata={"help": "Resize interpolation (bicubic, bilinear)."})
+    train_scale_min: float = field(default=0.08, metadata={"help": "Lower area bound of RandomResizedCrop."})
+    auto_augment: str | None = field(
+        default="rand-m9-mstd0.5-inc1", metadata={"help": "timm auto-augment policy; 'none' disables it."}
+    )
+    color_jitter: float = field(
+        default=0.3, metadata={"help": "Colour jitter strength (timm ignores it while a RandAugment policy is set)."}
+    )
+    reprob: float = field(default=0.25, metadata={"help": "Random erasing probability."})
+    remode: str = field(default="pixel", metadata={"help": "Random erasing fill mode (pixel, rand, const)."})
+    mixup_alpha: float = field(default=0.8, metadata={"help": "Mixup Beta alpha (0 disables mixup)."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables cutmix)."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are on."})
+    image_mean: list[float] = field(
+        default_factory=lambda: list(IMAGENET_DEFAULT_MEAN), metadata={"help": "Normalisation mean (RGB)."}
+    )
+    image_std: list[float] = field(
+        default_factory=lambda: list(IMAGENET_DEFAULT_STD), metadata={"help": "Normalisation std (RGB)."}
+    )
+
+    @property
+    def uses_mixup(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def build_train_transform(args: ImageNetDataArguments) -> Callable:
+    """timm's training pipeline: RandomResizedCrop, flip, RandAugment, to tensor, normalise, random erasing."""
+    auto_augment = None if args.auto_augment in (None, "", "none") else args.auto_augment
+    return create_transform(
+        input_size=args.input_size,
+        is_training=True,
+        scale=(args.train_scale_min, 1.0),
+        color_jitter=args.color_jitter,
+        auto_augment=auto_augment,
+        interpolation=args.interpolation,
+        mean=tuple(args.image_mean),
+        std=tuple(args.image_std),
+        re_prob=args.reprob,
+        re_mode=args.remode,
+    )
+
+
+def build_eval_transform(args: ImageNetDataArguments) -> Callable:
+    """Resize the shorter side to ``input_size / crop_pct``, center-crop ``input_size``, normalise."""
+    return create_transform(
+        input_size=args.input_size,
+        is_training=False,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        mean=tuple(args.image_mean),
+        std=tuple(args.image_std),
+    )
+
+
+@dataclass
+class ImageData:
+    """The transformed splits, their class names, and the collators that batch them."""
+
+    train: Dataset | IterableDataset
+    eval: Dataset | IterableDataset
+    class_names: list[str]
+    train_collator: Callable[[list[dict[str, Any]]], dict]
+    eval_collator: Callable[[list[dict[str, Any]]], dict]
+    num_train_examples: int | None
+
+
+def load_imagenet(args: ImageNetDataArguments, label_smoothing: float = 0.0, seed: int = 0) -> ImageData:
+    """Load both splits, attach the transforms (lazily: images are decoded and augmented on access) and build
+    the collators. ``label_smoothing`` goes into the Mixup soft targets; without mixup it stays with the loss.
+    """
+    splits = load_image_dataset(args.dataset_name, streaming=args.streaming)
+    for split in (args.train_split, args.eval_split):
+        if split not in splits:
+            raise ValueError(
+                f"Split {split!r} is not in {args.dataset_name!r}, which has {list(splits)}. Set --train_split / "
+                "--eval_split to existing splits."
+            )
+    train, evaluation = splits[args.train_split], splits[args.eval_split]
+    image_column, label_column = resolve_columns(train, args.image_column, args.label_column)
+    class_names = _class_names(train, label_column)
+    num_train = _num_examples(train, args)
+    if args.max_train_samples is not None:
+        train = _take(train, args.max_train_samples)
+        num_train = min(num_train, args.max_train_samples) if num_train else args.max_train_samples
+    if args.max_eval_samples is not None:
+        evaluation = _take(evaluation, args.max_eval_samples)
+    if isinstance(train, IterableDataset):
+        train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
+    train = _with_transform(train, build_train_transform(args), image_column, label_column)
+    evaluation = _with_transform(evaluation, build_eval_transform(args), image_column, label_column)
+    train_collator: Callable = collate_images
+    if args.uses_mixup:
+        train_collator = MixupCollator(
+            num_classes=len(class_names),
+            mixup_alpha=args.mixup_alpha,
+            cutmix_alpha=args.cutmix_alpha,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            label_smoothing=label_smoothing,
+        )
+    return ImageData(train, evaluation, class_names, train_collator, collate_images, num_train)
+
+
+def _class_names(dataset: Dataset | IterableDataset, label_column: str) -> list[str]:
+    feature = (dataset.features or {}).get(label_column)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    raise ValueError(
+        f"The label column {label_column!r} is {type(feature).__name__}, not a ClassLabel, so the number of classes "
+        "and their names are unknown. Cast it first (dataset.cast_column(label, ClassLabel(names=[...]))) or use "
+        "an image folder, whose class folders give the names."
+    )
+
+
+def _num_examples(dataset: Dataset | IterableDataset, args: ImageNetDataArguments) -> int | None:
+    if isinstance(dataset, Dataset):
+        return len(dataset)
+    if args.num_train_examples is not None:
+        return args.num_train_examples
+    splits = getattr(dataset.info, "splits", None) or {}
+    info = splits.get(args.train_split) if hasattr(splits, "get") else None
+    return getattr(info, "num_examples", None) or None
+
+
+def _take(dataset: Dataset | IterableDataset, n: int) -> Dataset | IterableDataset:
+    if isinstance(dataset, IterableDataset):
+        return dataset.take(n)
+    return dataset.select(range(min(n, len(dataset))))
+
+
+def _with_transform(
+    dataset: Dataset | IterableDataset, transform: Callable, image_column: str, label_column: str
+) -> Dataset | IterableDataset:
+    """Apply ``transform`` on access; the model-facing columns are ``pixel_values`` and ``labels``."""
+
+    def convert(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            "pixel_values": [transform(image.convert("RGB")) for image in batch[image_column]],
+            "labels": list(batch[label_column]),
+        }
+
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(convert, batched=True, remove_columns=list(dataset.column_names or []))
+    return dataset.with_transform(convert)

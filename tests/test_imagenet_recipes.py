@@ -1,0 +1,239 @@
+"""The three ImageNet recipes, end to end on tiny random models and a generated 32 px dataset (offline).
+
+Each recipe file's own ``DEFAULTS`` run through ``hf_projkd.recipes_imagenet.run`` (the real code path), with
+only sizes, steps and devices overridden on the command line; then the saved student is reloaded in a fresh
+process that never imports hf_projkd and must give the trained student's logits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from datasets import ClassLabel, Dataset, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from hf_projkd import save_student
+from hf_projkd.data.imagenet import ImageNetDataArguments, build_eval_transform, load_imagenet
+from hf_projkd.recipes_imagenet import StepDecay, build_student, configure_schedule, run
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+TINY_DEIT = {"model_type": "deit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _image(rng: np.random.Generator, label: int) -> Image.Image:
+    """40x48 images whose mean colour depends on the class, so the data is not pure noise."""
+    base = np.zeros((40, 48, 3)) + 40 * label
+    return Image.fromarray(np.clip(base + rng.integers(0, 60, (40, 48, 3)), 0, 255).astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("validation", 2)):
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                _image(rng, label).save(root / split / name / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def parquet_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("parquet")
+    rng = np.random.default_rng(1)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=CLASSES)})
+    for split, n in (("train", 16), ("validation", 10)):
+        labels = [i % len(CLASSES) for i in range(n)]
+        images = []
+        for label in labels:
+            buffer = io.BytesIO()
+            _image(rng, label).save(buffer, format="JPEG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+            str(root / f"{split}-00000-of-00001.parquet")
+        )
+    return root
+
+
+def _timm_teacher(tmp_path_factory, arch: str) -> Path:
+    folder = tmp_path_factory.mktemp(f"teacher_{arch}")
+    torch.manual_seed(0)
+    save_student(timm.create_model(arch, num_classes=len(CLASSES), pretrained=False), folder)
+    return folder
+
+
+def _load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _common_argv(output_dir: Path, dataset: Path, teacher: Path) -> list[str]:
+    return [
+        "--dataset_name", str(dataset), "--teacher_model_name_or_path", str(teacher), "--output_dir", str(output_dir),
+        "--input_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8", "--use_cpu", "--bf16", "false", "--dataloader_num_workers", "0",
+        "--dataloader_persistent_workers", "false", "--eval_strategy", "no", "--save_strategy", "no",
+        "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true", "--seed", "0",
+    ]
+
+
+def _reload_in_fresh_process(tmp_path: Path, code: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Run ``code`` (which defines ``logits`` from ``pixel_values``) where hf_projkd was never imported."""
+    torch.save(pixel_values, tmp_path / "pixel_values.pt")
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch
+        pixel_values = torch.load({str(tmp_path / 'pixel_values.pt')!r})
+        with torch.no_grad():
+    """) + textwrap.indent(textwrap.dedent(code), "    ") + textwrap.dedent(f"""
+        assert "hf_projkd" not in sys.modules, "the reload must not need hf_projkd"
+        torch.save(logits, {str(tmp_path / 'logits.pt')!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(tmp_path / "logits.pt")
+
+
+def _eval_batch(dataset: Path) -> torch.Tensor:
+    data = load_imagenet(ImageNetDataArguments(dataset_name=str(dataset), input_size=32))
+    return torch.stack([data.eval[i]["pixel_values"] for i in range(4)])
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["deit_tiny", "deit_small"])
+def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(recipe, tmp_path, tmp_path_factory, image_folder):
+    teacher = _timm_teacher(tmp_path_factory, "regnety_002")
+    config = tmp_path / "tiny_deit.json"
+    config.write_text(json.dumps(TINY_DEIT))
+    module = _load_recipe(recipe)
+    assert module.DEFAULTS["teacher_model_name_or_path"] == "timm/regnety_160.deit_in1k"
+    out = tmp_path / "out"
+    result = run(module.DEFAULTS, [*_common_argv(out, image_folder, teacher), "--student", str(config)])
+
+    trainer = result.trainer
+    student = trainer.student
+    assert type(student).__name__ == "DeiTForImageClassificationWithTeacher"
+    assert trainer.args.weight_decay_filter == "no_1d" and trainer.args.lr_scheduler_type == "cosine_with_min_lr"
+    # lr scaled from 5e-4 per 512 images to the batch of 4; warmup of 5 epochs of 20 images = 25 steps
+    assert trainer.args.learning_rate == pytest.approx(5e-4 * 4 / 512)
+    assert trainer.args.warmup_steps == 25
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(math.isfinite(e["loss_feature"]) and e["loss_logit"] >= 0 for e in logs)
+    assert trainer.model.projector.in_features == 32 and trainer.model.projector.out_features == 368
+    assert 0.0 <= result.metrics["eval_top1"] <= 100.0 and result.teacher_metrics is not None
+
+    files = {p.name for p in out.iterdir() if p.is_file()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files
+    assert "distillation_state.safetensors" not in files
+    card = (out / "README.md").read_text()
+    assert "knowledge-distillation" in card and f"{result.metrics['eval_top1']:.2f}" in card
+
+    pixel_values = _eval_batch(image_folder)
+    student.eval()
+    with torch.no_grad():
+        expected = student(pixel_values).logits
+    if recipe == "deit_tiny":  # one fresh-process reload is enough for the transformers family
+        reloaded = _reload_in_fresh_process(tmp_path, f"""
+            from transformers import AutoModelForImageClassification
+            model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
+            assert type(model).__name__ == "DeiTForImageClassificationWithTeacher", type(model).__name__
+            logits = model(pixel_values).logits
+        """, pixel_values)
+        torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_resnet18_recipe_with_config_file_trains_and_reloads_with_timm(tmp_path, tmp_path_factory, parquet_folder):
+    teacher = _timm_teacher(tmp_path_factory, "resnet10t")
+    module = _load_recipe("imagenet_resnet18")
+    assert module.DEFAULTS["teacher_model_name_or_path"] == "timm/resnet34.tv_in1k"
+    config = tmp_path / "run.yaml"
+    config.write_text("lr_milestone_epochs: [1, 2]\nmax_steps: 3\n")  # the CLI below overrides max_steps
+    out = tmp_path / "out"
+    argv = [*_common_argv(out, parquet_folder, teacher), "--config", str(config), "--evaluate_teacher", "false"]
+    result = run(module.DEFAULTS, argv)
+
+    trainer = result.trainer
+    assert trainer.state.global_step == 2 and trainer.args.optim == "sgd"
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    # lr 0.1 per 256 images, batch 4; 16 images / 4 = 4 steps per epoch -> milestones at steps 4 and 8
+    assert trainer.args.learning_rate == pytest.approx(0.1 * 4 / 256)
+    assert trainer.milestone_steps == [4, 8]
+    assert result.teacher_metrics is None
+    assert trainer.student.pretrained_cfg["interpolation"] == "bilinear"
+
+    config_json = json.loads((out / "config.json").read_text())
+    assert config_json["architecture"] == "resnet18" and config_json["num_classes"] == len(CLASSES)
+    results_section = (out / "README.md").read_text().split("## Cost")[0]
+    assert "| student (this model) |" in results_section and "| teacher" not in results_section  # not measured
+
+    pixel_values = _eval_batch(parquet_folder)
+    student = trainer.student.eval()
+    with torch.no_grad():
+        expected = student(pixel_values)
+    reloaded = _reload_in_fresh_process(tmp_path, f"""
+        import timm
+        from transformers import AutoModelForImageClassification
+        model = timm.create_model("local-dir:{out}", pretrained=True).eval()
+        wrapped = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
+        logits = model(pixel_values)
+        torch.testing.assert_close(wrapped(pixel_values).logits, logits)
+    """, pixel_values)
+    torch.testing.assert_close(reloaded, expected, atol=1e-5, rtol=1e-5)
+
+
+# -- pieces ----------------------------------------------------------------------------------------------------
+def test_data_pipeline_gives_normalised_crops_and_mixup_soft_targets(image_folder):
+    args = ImageNetDataArguments(dataset_name=str(image_folder), input_size=32, mixup_alpha=0.8, cutmix_alpha=1.0)
+    data = load_imagenet(args, label_smoothing=0.1)
+    assert data.class_names == CLASSES and data.num_train_examples == 20 and len(data.eval) == 10
+    batch = data.train_collator([data.train[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].shape == (4, len(CLASSES))
+    torch.testing.assert_close(batch["labels"].sum(-1), torch.ones(4))
+    evaluation = data.eval_collator([data.eval[i] for i in range(3)])
+    assert evaluation["labels"].dtype == torch.long and evaluation["labels"].shape == (3,)
+    # eval transform: resize shorter side to floor(32 / 0.875) = 36, center crop 32, ImageNet normalisation
+    image = Image.open(next((image_folder / "validation" / "ant").iterdir())).convert("RGB")
+    torch.testing.assert_close(data.eval[0]["pixel_values"], build_eval_transform(args)(image))
+
+
+def test_streaming_needs_a_size_and_derives_max_steps(image_folder, tmp_path):
+    from conftest import make_args
+
+    from hf_projkd.recipes_imagenet import RecipeArguments
+
+    data = load_imagenet(ImageNetDataArguments(dataset_name=str(image_folder), input_size=32, streaming=True))
+    assert next(iter(data.train))["pixel_values"].shape == (3, 32, 32)
+    args = make_args(tmp_path, max_steps=-1, num_train_epochs=3, per_device_train_batch_size=4)
+    with pytest.raises(ValueError, match="num_train_examples"):
+        configure_schedule(args, RecipeArguments(), None, streaming=True)
+    configure_schedule(args, RecipeArguments(warmup_epochs=1), 20, streaming=True)
+    assert args.max_steps == 15 and args.warmup_steps == 5
+
+
+def test_step_schedule_and_student_builder():
+    schedule = StepDecay([4, 8], gamma=0.1, warmup_steps=2)
+    assert [round(schedule(s), 6) for s in (0, 1, 3, 4, 7, 8)] == [0.5, 1.0, 1.0, 0.1, 0.1, 0.01]
+    deit = build_student("deit-tiny", CLASSES, 224)
+    assert deit.config.hidden_size == 192 and deit.config.num_attention_heads == 3 and deit.config.num_labels == 5
+    assert build_student("deit-small", CLASSES, 224).config.hidden_size == 384
+    with pytest.raises(ValueError, match="timm architecture"):
+        build_student("not-a-model", CLASSES, 224)
