@@ -69,11 +69,32 @@ class DistillationArguments(TrainingArguments):
                   "'transformers' (the Trainer's name matching)."},
     )
 
+    # -- scale and speed -----------------------------------------------------------------------------------
+    sync_feature_norm: bool = field(
+        default=False,
+        metadata={"help": "Batch-norm statistics of the feature loss over the GLOBAL batch (all-reduced across "
+                  "processes, with gradients) instead of per device (the official behaviour). Costs two small "
+                  "all-reduces per step; makes the feature term independent of the number of processes."},
+    )
+    teacher_channels_last: bool = field(
+        default=False, metadata={"help": "Run the teacher (and its inputs) in channels_last memory format (CNNs)."}
+    )
+    teacher_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the teacher's feature forward (inference only, no autograd graph)."},
+    )
+
     # -- overridden defaults -------------------------------------------------------------------------------
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: image datasets are transformed on the fly from columns the model never "
                   "sees (e.g. 'image'), which the Trainer would otherwise drop."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Kept False: the DistillationModel uses all its parameters in training (the projector "
+                  "only exists when the feature term is on), and True costs an extra autograd traversal per "
+                  "step. Set True if your student has parameters the loss never reaches."},
     )
 
     def __post_init__(self) -> None:

@@ -71,6 +71,7 @@ class DistillationModel(nn.Module):
         projector: str = "linear",
         feature_norm: str = "batchnorm",
         extractor: FeatureExtractor | None = None,
+        sync_feature_norm: bool = False,
     ) -> None:
         super().__init__()
         self.student = student
@@ -78,8 +79,8 @@ class DistillationModel(nn.Module):
         self.student_features = extractor if extractor is not None else FeatureExtractor(student)
         if settings.feature_loss_weight > 0:
             self.projector = build_projector(projector, student_feature_dim, teacher_feature_dim)
-            self.student_norm = build_feature_norm(feature_norm, teacher_feature_dim)
-            self.teacher_norm = build_feature_norm(feature_norm, teacher_feature_dim)
+            self.student_norm = build_feature_norm(feature_norm, teacher_feature_dim, sync=sync_feature_norm)
+            self.teacher_norm = build_feature_norm(feature_norm, teacher_feature_dim, sync=sync_feature_norm)
         else:  # no feature term: no unused parameters for DDP to complain about
             self.projector = self.student_norm = self.teacher_norm = None
 

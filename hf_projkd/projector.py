@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import global_batch_moments, world_size
+
 PROJECTORS = ("linear", "orthogonal", "mlp")
 FEATURE_NORMS = ("batchnorm", "layernorm", "l2", "none")
 
@@ -45,11 +47,15 @@ class BatchFeatureNorm(nn.Module):
     SRD normalises both projected student and teacher features this way (``BatchNorm1d(d, affine=False,
     eps=1e-4)`` kept in train mode). Running statistics are still tracked while training, for diagnostics and
     so that checkpoints carry the normaliser state, but they are never used to normalise.
+
+    ``sync=True`` takes the statistics over the global batch of all processes (differentiable all-reduces,
+    ``distributed.global_batch_moments``) instead of the local shard: identical to one process seeing the
+    whole batch, at the cost of two small all-reduces per call.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-4, momentum: float = 0.1) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-4, momentum: float = 0.1, sync: bool = False) -> None:
         super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features, self.eps, self.momentum, self.sync = num_features, eps, momentum, sync
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
@@ -67,6 +73,8 @@ class BatchFeatureNorm(nn.Module):
             )
         if self.training:
             self.num_batches_tracked.add_(1)
+        if self.sync and world_size() > 1:
+            return self._global_batch_norm(x)
         return F.batch_norm(
             x,
             self.running_mean if self.training else None,
@@ -76,8 +84,18 @@ class BatchFeatureNorm(nn.Module):
             eps=self.eps,
         )
 
+    def _global_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var, n = global_batch_moments(x)
+        if self.training:  # same running-statistics update as F.batch_norm: unbiased variance
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                unbiased = var.detach() * (n / max(n - 1, 1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine=False, batch statistics always"
+        scope = "global batch" if self.sync else "batch"
+        return f"{self.num_features}, eps={self.eps}, affine=False, {scope} statistics always"
 
 
 class LayerFeatureNorm(nn.Module):
@@ -98,10 +116,13 @@ class L2FeatureNorm(nn.Module):
         return F.normalize(x, dim=-1)
 
 
-def build_feature_norm(kind: str, num_features: int) -> nn.Module:
-    """A normaliser for (B, num_features) features: ``batchnorm`` (SRD), ``layernorm``, ``l2`` or ``none``."""
+def build_feature_norm(kind: str, num_features: int, sync: bool = False) -> nn.Module:
+    """A normaliser for (B, num_features) features: ``batchnorm`` (SRD), ``layernorm``, ``l2`` or ``none``.
+
+    ``sync`` (batchnorm only; the others are per sample) uses global-batch statistics across processes.
+    """
     if kind == "batchnorm":
-        return BatchFeatureNorm(num_features)
+        return BatchFeatureNorm(num_features, sync=sync)
     if kind == "layernorm":
         return LayerFeatureNorm(num_features)
     if kind == "l2":

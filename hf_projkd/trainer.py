@@ -10,6 +10,7 @@ from torch import nn
 from transformers import Trainer
 
 from .config import DistillationArguments
+from .distributed import optimize_teacher_call, prepare_teacher
 from .features import FeatureExtractor, probe_dims
 from .loading import load_image_classifier
 from .metrics import compute_accuracy
@@ -91,10 +92,15 @@ class DistillationTrainer(Trainer):
             projector=args.projector,
             feature_norm=args.feature_norm,
             extractor=student_extractor,
+            sync_feature_norm=args.sync_feature_norm,
         )
         kwargs.setdefault("compute_metrics", compute_accuracy)
         super().__init__(model=distillation_model, args=args, **kwargs)
-        self.teacher.to(self.args.device)
+        self.teacher = prepare_teacher(self.accelerator, self.teacher)  # device, and ZeRO-3 sharding if asked
+        self._teacher_call = optimize_teacher_call(
+            self.teacher, self.teacher_features, args.teacher_channels_last, args.teacher_compile,
+            args.torch_compile_backend, args.torch_compile_mode,
+        )
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._saving_checkpoint = False
@@ -126,10 +132,14 @@ class DistillationTrainer(Trainer):
 
     @torch.no_grad()
     def teacher_forward(self, pixel_values: torch.Tensor):
-        """Teacher logits and features. Called inside the Trainer's autocast, so in the student's precision."""
+        """Teacher logits and features, under the accelerator's autocast: the student's mixed precision.
+
+        The Trainer autocasts only the prepared model's forward, so without this the teacher would run in fp32.
+        """
         if self.teacher.training:  # someone called .train() on it: BN running statistics must stay frozen
             self.teacher.eval()
-        return self.teacher_features(pixel_values)
+        with self.accelerator.autocast():
+            return self._teacher_call(pixel_values)
 
     # -- logging -------------------------------------------------------------------------------------------
     def _accumulate_components(self, outputs: DistillationOutput) -> None:
