@@ -1,0 +1,161 @@
+"""CIFAR-10 mini accuracy benchmark on CPU: ce / kd / srd / srd+kd (optionally dkd, srd+dkd), same budget and seeds.
+
+Teacher: the shared CIFAR-10 ResNet56 (83.20 % on the full test split). Student: a from-scratch CIFAR ResNet.
+Every method runs through ``hf_projkd.recipes_cifar.run_cifar`` with the CRD protocol (SGD 0.9, lr 0.05, wd 5e-4,
+batch 64, lr x0.1 at 62.5/75/87.5 % of the run, crop 32 pad 4 + flip) on a fixed random train subset and a few
+epochs; only the loss fields of METHOD_PRESETS differ between methods. Writes the markdown table itself:
+
+    python benchmarks/cifar10_mini.py --train_samples 4000 --epochs 2 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from hf_projkd import DistillationArguments  # noqa: E402
+from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset  # noqa: E402
+from hf_projkd.recipes_cifar import (  # noqa: E402
+    CRD_PROTOCOL,
+    METHOD_PRESETS,
+    CifarRecipeArguments,
+    input_statistics,
+    load_cifar_data,
+    load_teacher,
+    run_cifar,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED / "data" / "cifar10-jpeg"))
+    teacher = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet56.safetensors"
+    parser.add_argument("--teacher", default=str(teacher))
+    parser.add_argument("--student", default="resnet8")
+    parser.add_argument("--methods", nargs="+", default=["ce", "kd", "srd", "srd+kd"], choices=list(METHOD_PRESETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--train_samples", type=int, default=4000)
+    parser.add_argument("--eval_samples", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--output", default=str(RESULTS / "cifar10_mini_cpu.md"))
+    return parser.parse_args()
+
+
+@torch.no_grad()
+def teacher_top1(teacher: torch.nn.Module, dataset: CifarTensorDataset, collator: CifarCollator) -> float:
+    """Top-1 (%) of the teacher on the eval subset, with its own input normalisation."""
+    correct = 0
+    for start in range(0, len(dataset), 256):
+        batch = collator(dataset.__getitems__(list(range(start, min(start + 256, len(dataset))))))
+        inputs = batch.get("teacher_pixel_values", batch["pixel_values"])
+        correct += (teacher(inputs).logits.argmax(-1) == batch["labels"]).sum().item()
+    return 100.0 * correct / len(dataset)
+
+
+def machine() -> str:
+    return (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, python {platform.python_version()}"
+    )
+
+
+def write_markdown(path: Path, argv: str, setup: dict, runs: list[dict], elapsed: float, done: bool) -> None:
+    lines = [
+        "# CIFAR-10 (JPEG q75) mini benchmark on CPU",
+        "",
+        f"Command: `{argv}`",
+        "",
+        f"Machine: {machine()}. The 2 cores were shared with other jobs while this ran, so wall times are upper",
+        "bounds.",
+        "",
+        f"Setup: teacher {setup['teacher_name']} (top-1 {setup['teacher_top1']:.2f} % on the {setup['eval_samples']} "
+        f"evaluation images; 83.20 % on the full test split), student {setup['student']} from scratch, "
+        f"{setup['train_samples']} training images (fixed random subset, seed 0), {setup['epochs']:g} epochs "
+        f"({setup['steps']} steps of batch {CRD_PROTOCOL['per_device_train_batch_size']}), evaluation on the first "
+        f"{setup['eval_samples']} test images, final checkpoint (no best-epoch selection). CRD protocol: SGD "
+        "momentum 0.9, lr 0.05, weight decay 5e-4, lr x0.1 at 62.5/75/87.5 % of the run, random crop 32 pad 4 + "
+        "flip. Loss per method: `hf_projkd.recipes_cifar.METHOD_PRESETS` (kd: 0.1 CE + 0.9 KL at T=4; srd: CE + "
+        "2 LogSum(alpha 4) on BN-normalised linear projections; srd+kd: the paper's CE + 2 LogSum + KL at T=1).",
+        "",
+        "| method | top-1 mean (%) | spread (std / min-max) | per seed | wall s / run |",
+        "|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        method_runs = [r for r in runs if r["method"] == method]
+        scores = [r["top1"] for r in method_runs]
+        walls = [r["wall_seconds"] for r in method_runs]
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        lines.append(
+            f"| {method} | {statistics.mean(scores):.2f} | {std:.2f} / {min(scores):.2f}-{max(scores):.2f} | "
+            f"{', '.join(f'{s:.2f}' for s in scores)} (seeds {', '.join(str(r['seed']) for r in method_runs)}) "
+            f"| {statistics.mean(walls):.0f} |"
+        )
+    status = "complete" if done else "IN PROGRESS (partial table)"
+    lines += ["", f"Total wall time: {elapsed / 60:.1f} min ({status}).", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    options = parse()
+    argv = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    start = time.perf_counter()
+    recipe = CifarRecipeArguments(
+        method="ce", student=options.student, teacher=options.teacher, dataset=options.data,
+        max_train_samples=options.train_samples, max_eval_samples=options.eval_samples,
+    )
+    data = load_cifar_data(recipe)
+    teacher = load_teacher(options.teacher)
+    collator = CifarCollator(recipe.mean, recipe.std, *(input_statistics(teacher) or (recipe.mean, recipe.std)))
+    setup = {
+        "teacher_name": Path(options.teacher).stem,
+        "teacher_top1": teacher_top1(teacher, CifarTensorDataset(data.eval), collator),
+        "student": options.student,
+        "train_samples": len(data.train),
+        "eval_samples": len(data.eval),
+        "epochs": options.epochs,
+        "steps": int(-(-len(data.train) // CRD_PROTOCOL["per_device_train_batch_size"]) * options.epochs),
+    }
+    print(json.dumps(setup), flush=True)
+    runs: list[dict] = []
+    output = Path(options.output)
+    log = output.with_suffix(".jsonl")
+    log.write_text("")
+    for method in options.methods:
+        for seed in options.seeds:
+            with tempfile.TemporaryDirectory() as folder:
+                values = {**CRD_PROTOCOL, **METHOD_PRESETS[method]}
+                values.update(
+                    output_dir=folder, num_train_epochs=options.epochs, seed=seed, use_cpu=True, disable_tqdm=True,
+                    logging_steps=25,
+                )
+                args = DistillationArguments(**values)
+                run_recipe = CifarRecipeArguments(**{**vars(recipe), "method": method})
+                result = run_cifar(run_recipe, args, data)
+            runs.append(result)
+            with log.open("a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            print(json.dumps(result), flush=True)
+            write_markdown(output, argv, setup, runs, time.perf_counter() - start, done=False)
+    write_markdown(output, argv, setup, runs, time.perf_counter() - start, done=True)
+    print(output.read_text())
+
+
+if __name__ == "__main__":
+    main()
