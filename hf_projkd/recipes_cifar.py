@@ -337,6 +337,7 @@ def run_cifar(recipe: CifarRecipeArguments, args: DistillationArguments, data: C
     trainer = build_cifar_trainer(recipe, args, data)
     train_output = trainer.train()
     metrics = trainer.evaluate()
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
     results = {
         "method": recipe.method,
         "student": recipe.student,
@@ -348,6 +349,7 @@ def run_cifar(recipe: CifarRecipeArguments, args: DistillationArguments, data: C
         "epochs": args.num_train_epochs,
         "global_steps": train_output.global_step,
         "train_loss": train_output.training_loss,
+        "last_train_log": train_logs[-1] if train_logs else {},
         "top1": metrics.get("eval_top1"),
         "top5": metrics.get("eval_top5"),
         "wall_seconds": round(time.perf_counter() - start, 1),
