@@ -29,6 +29,12 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Teacher: a timm id ('timm/resnet34.tv_in1k'), a transformers id, or a local folder. "
                   "Ignored when a teacher model object is passed to the trainer."},
     )
+    renormalize_teacher_inputs: bool = field(
+        default=True,
+        metadata={"help": "When the teacher declares another input mean/std than the student (timm pretrained_cfg "
+                  "or config.image_mean/image_std), convert each batch for it (as timm's distillation task does). "
+                  "False: stop with an error instead. Ignored for batches that carry 'teacher_pixel_values'."},
+    )
     teacher_feature_module: str | None = field(
         default=None, metadata={"help": "Name of the teacher submodule whose output is the feature (any nn.Module)."}
     )

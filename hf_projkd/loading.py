@@ -33,6 +33,11 @@ def load_image_classifier(name_or_path: str, num_labels: int | None = None, **kw
 
     ``num_labels`` re-initialises the head for that many classes (students fine-tuned on a new label set).
     """
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise OSError(
+            f"Could not load the model {name_or_path!r}: there is no such folder (relative to {os.getcwd()}). "
+            "Expected a local folder with config.json and model.safetensors; check the path."
+        )
     try:
         if is_timm_checkpoint(name_or_path):
             return _load_timm(name_or_path, num_labels, **kwargs)

@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .checkpointing import mark_checkpoint_complete, resolve_resume_checkpoint, unmark_checkpoint
 from .config import DistillationArguments
 from .distributed import optimize_teacher_call, prepare_teacher
-from .features import FeatureExtractor, probe_dims
+from .features import FeatureExtractor, default_input_size, probe_dims
 from .loading import load_image_classifier
 from .metrics import compute_accuracy
 from .modeling import DistillationModel, DistillationOutput, LossSettings
@@ -20,6 +22,14 @@ from .serialization import (
     load_student_weights,
     save_distillation_state,
     save_student,
+)
+from .validation import (
+    NonFiniteLossGuard,
+    check_batch,
+    check_label_names,
+    check_train_dataset,
+    probe_failure_message,
+    teacher_input_normalizer,
 )
 
 LOSS_COMPONENTS = ("loss_ce", "loss_logit", "loss_feature")
@@ -74,7 +84,8 @@ class DistillationTrainer(Trainer):
         student_extractor = FeatureExtractor(student, args.student_feature_module)
         student_dim, student_classes, student_size = probe_dims(student_extractor, input_size)
         # the teacher sees the student's pixel_values, so probe it at the student's input size
-        teacher_dim, teacher_classes, _ = probe_dims(self.teacher_features, student_size)
+        teacher_dim, teacher_classes, self.teacher_input_size = _probe_teacher(self.teacher_features, student_size)
+        self._student_input_size = student_size
         _check_dim("student", student_dim, args.student_feature_dim)
         _check_dim("teacher", teacher_dim, args.teacher_feature_dim)
         if args.uses_teacher_logits and student_classes != teacher_classes:
@@ -84,6 +95,16 @@ class DistillationTrainer(Trainer):
                 f"{teacher_classes} classes (num_labels={teacher_classes}), use a teacher trained on the same "
                 "label set, or set logit_loss='none' to distil features only."
             )
+        if args.uses_teacher_logits:
+            check_label_names(student, self.teacher)
+        check_train_dataset(kwargs.get("train_dataset"), student_classes, args)
+        eval_sets = kwargs.get("eval_dataset")
+        for name, data in (eval_sets.items() if isinstance(eval_sets, dict) else [("eval", eval_sets)]):
+            check_train_dataset(data, student_classes, args, split=name)
+        self._teacher_normalizer = teacher_input_normalizer(
+            student, self.teacher, args.renormalize_teacher_inputs, kwargs.get("processing_class")
+        )
+        self._loss_guard = NonFiniteLossGuard()
         distillation_model = DistillationModel(
             student,
             student_dim,
@@ -114,13 +135,14 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, DistillationOutput]:
         """Teacher forward (no autograd) + student/projector forward; student only when evaluating."""
+        check_batch(inputs)
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
         if not model.training:
             outputs = model(pixel_values=pixel_values, labels=labels)
         else:
             teacher = None
             if self.args.uses_teacher_logits or self.args.uses_features:  # CE-only baselines skip the teacher
-                teacher = self.teacher_forward(inputs.get("teacher_pixel_values", pixel_values))
+                teacher = self.teacher_forward(self._teacher_inputs(inputs))
             outputs = model(
                 pixel_values=pixel_values,
                 labels=labels,
@@ -129,6 +151,19 @@ class DistillationTrainer(Trainer):
             )
             self._accumulate_components(outputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _teacher_inputs(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The batch's ``teacher_pixel_values``, else its ``pixel_values`` re-normalised for the teacher."""
+        if inputs.get("teacher_pixel_values") is not None:
+            return inputs["teacher_pixel_values"]
+        pixel_values = inputs["pixel_values"]
+        if self.teacher_input_size != self._student_input_size:
+            raise ValueError(
+                f"The teacher only runs at {self.teacher_input_size}, the batch's pixel_values are "
+                f"{tuple(pixel_values.shape[1:])} and it has no 'teacher_pixel_values': add them to each batch, "
+                "prepared with the teacher's transform."
+            )
+        return self._teacher_normalizer(pixel_values) if self._teacher_normalizer is not None else pixel_values
 
     @torch.no_grad()
     def teacher_forward(self, pixel_values: torch.Tensor):
@@ -143,6 +178,7 @@ class DistillationTrainer(Trainer):
 
     # -- logging -------------------------------------------------------------------------------------------
     def _accumulate_components(self, outputs: DistillationOutput) -> None:
+        self._loss_guard.observe({name: outputs.get(name) for name in ("loss", *LOSS_COMPONENTS)})
         for name in LOSS_COMPONENTS:
             value = outputs.get(name)
             if value is not None:
@@ -151,7 +187,11 @@ class DistillationTrainer(Trainer):
         self._component_steps += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds each loss component, averaged over the micro-batches since the last log and over processes."""
+        """Adds each loss component, averaged over the micro-batches since the last log and over processes.
+
+        First stops the run if the loss went NaN/inf since the last log (``NonFiniteLossGuard``).
+        """
+        self._loss_guard.check(self.state.global_step, self.args.output_dir)
         if "loss" in logs and self._component_steps:
             for name, total in self._component_sums.items():
                 mean = self.accelerator.reduce(total / self._component_steps, reduction="mean")
@@ -187,12 +227,35 @@ class DistillationTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest COMPLETE checkpoint, and a path to an
+        incomplete (killed mid-save) or truncated one is refused with the name of the one to use instead."""
+        resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume, **kwargs)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Refuses to save a diverged model; marks the checkpoint complete last, and only then rotates old ones,
+        so a kill at any moment leaves the previous checkpoint intact and resumable."""
+        self._loss_guard.check(self.state.global_step, self.args.output_dir)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            unmark_checkpoint(folder)
         self._saving_checkpoint = True
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint = False
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process's files (RNG states) are on disk
+        if self.args.should_save:
+            mark_checkpoint_complete(folder, self.state.global_step)
+            rotate_checkpoints(
+                output_dir=os.path.dirname(folder),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -207,6 +270,23 @@ class DistillationTrainer(Trainer):
     def student(self) -> nn.Module:
         """The student being trained (unwrapped)."""
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False).student
+
+
+def _probe_teacher(
+    extractor: FeatureExtractor, student_size: tuple[int, int, int]
+) -> tuple[int, int, tuple[int, int, int]]:
+    """Teacher (dim, classes, input size): at the student's input size, else at the teacher's own size (then
+    batches must carry ``teacher_pixel_values``), else an error saying how to give the teacher its inputs."""
+    try:
+        return probe_dims(extractor, student_size)
+    except ValueError as error:
+        own_size = default_input_size(extractor.model)
+        if own_size is None or tuple(own_size) == tuple(student_size):
+            raise ValueError(probe_failure_message(extractor.model, student_size, own_size, error)) from error
+        try:
+            return probe_dims(extractor, own_size)
+        except ValueError:
+            raise ValueError(probe_failure_message(extractor.model, student_size, own_size, error)) from error
 
 
 def _check_dim(side: str, inferred: int, given: int | None) -> None:

@@ -1,16 +1,31 @@
-"""Datasets for the recipes: loading by Hub id or local path, column resolution, transforms and collators."""
+"""Datasets for the recipes: loading by Hub id or local path, column resolution, checks and image decoding."""
 
 from .cifar import CifarCollator, CifarTensorDataset, DecodedImages, decode_image_dataset, random_crop_flip
-from .loading import IMAGE_COLUMNS, LABEL_COLUMNS, load_image_dataset, resolve_columns
+from .loading import (
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    ImageDecoder,
+    UndecodableImageError,
+    check_label_range,
+    check_splits_not_empty,
+    load_image_dataset,
+    resolve_columns,
+    without_decoding,
+)
 
 __all__ = [
     "CifarCollator",
     "CifarTensorDataset",
     "DecodedImages",
+    "decode_image_dataset",
+    "random_crop_flip",
     "IMAGE_COLUMNS",
     "LABEL_COLUMNS",
-    "decode_image_dataset",
+    "ImageDecoder",
+    "UndecodableImageError",
+    "check_label_range",
+    "check_splits_not_empty",
     "load_image_dataset",
-    "random_crop_flip",
     "resolve_columns",
+    "without_decoding",
 ]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset
+from datasets import Image as ImageFeature
+from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "cls")
@@ -15,6 +25,22 @@ def load_image_dataset(source: str, streaming: bool = False) -> DatasetDict | It
     """All splits of ``source``: a Hub id (``uoft-cs/cifar100``), a ``.parquet`` file (split ``train``), a folder
     of ``<split>-*.parquet`` files, or an image folder (``<split>/<class>/<image>``, the ``imagefolder`` layout).
     """
+    try:
+        dataset = _load_splits(source, streaming)
+    except ValueError as error:  # datasets' own words for an empty split: 'Instruction "test" corresponds to no data!'
+        empty = re.search(r'Instruction "(.+?)" corresponds to no data', str(error))
+        if empty is None:
+            raise
+        raise ValueError(
+            f"{source}: split(s) {[empty.group(1)]} are empty ({error}). Check the files/folders of that split, or "
+            "remove them."
+        ) from error
+    if not streaming:
+        check_splits_not_empty(dataset, source)
+    return dataset
+
+
+def _load_splits(source: str, streaming: bool) -> DatasetDict | IterableDatasetDict:
     path = Path(source)
     if path.is_file():
         if path.suffix != ".parquet":
@@ -58,3 +84,122 @@ def _pick(columns: list[str], given: str | None, usual: tuple[str, ...], what: s
     raise ValueError(
         f"No {what} column found: looked for {list(usual)}, the dataset has {columns}. Name it with {flag}=<column>."
     )
+
+
+# -- data checks -------------------------------------------------------------------------------------------------
+def check_splits_not_empty(dataset: DatasetDict, source: str = "the dataset") -> None:
+    """Every split must hold examples: an empty one means a wrong path, split name or filter, not a tiny run."""
+    if not dataset:
+        raise ValueError(f"{source} has no splits: expected at least a 'train' split.")
+    empty = [split for split, data in dataset.items() if len(data) == 0]
+    if empty:
+        sizes = {split: len(data) for split, data in dataset.items()}
+        raise ValueError(
+            f"{source}: split(s) {empty} are empty (sizes: {sizes}). Check the files/folders of those splits, or "
+            "the filter/select applied to them."
+        )
+
+
+def check_label_range(dataset: Dataset, num_labels: int, label_column: str = "label", split: str = "train") -> None:
+    """Hard labels must be class indices in ``[0, num_labels)``; soft (2-d) labels are left alone.
+
+    Reads only the label column (Arrow), so it costs well under a second even for ImageNet's 1.28M rows.
+    """
+    column = dataset.select_columns([label_column]).with_format("arrow")[:].column(label_column)
+    if not (pa.types.is_integer(column.type) and column.null_count == 0):
+        return  # soft (list) labels, strings or missing values: nothing to range-check
+    labels = column.to_numpy()
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and high < num_labels:
+        return
+    bad = np.flatnonzero((labels < 0) | (labels >= num_labels))
+    hint = (" Labels of -1 usually mark an unlabelled split (e.g. a test split): train and evaluate on labelled "
+            "splits." if low < 0 else "")
+    raise ValueError(
+        f"The {split} split's '{label_column}' column has labels in [{low}, {high}], but the model has "
+        f"{num_labels} classes (valid labels 0..{num_labels - 1}); {bad.size} example(s) are out of range, first "
+        f"at rows {bad[:5].tolist()}.{hint} Build the student with num_labels={high + 1} if the data has that many "
+        "classes, or fix/remap the labels."
+    )
+
+
+# -- image decoding ------------------------------------------------------------------------------------------------
+IMAGE_ERRORS = ("skip", "raise")
+
+
+class UndecodableImageError(ValueError):
+    """An image that PIL cannot decode (truncated, corrupt or not an image)."""
+
+
+class ImageDecoder:
+    """Decodes dataset image values to PIL images in one mode (RGB), counting and skipping the undecodable ones.
+
+    Grayscale, RGBA, CMYK, palette ... images are converted, with one notice per source mode (the model's stem
+    expects 3 channels, and a silent mix of modes is a classic source of crashes deep in a long run).
+    ``on_error='skip'`` drops an undecodable image with a warning and counts it in ``num_failed``;
+    ``on_error='raise'`` stops with an error naming it. Use ``without_decoding`` on the dataset first, so that
+    ``datasets`` hands over the raw bytes instead of raising itself.
+    """
+
+    def __init__(self, on_error: str = "skip", mode: str = "RGB") -> None:
+        if on_error not in IMAGE_ERRORS:
+            raise ValueError(f"on_error={on_error!r} is not supported: expected one of {IMAGE_ERRORS}.")
+        self.on_error, self.mode = on_error, mode
+        self.num_failed = 0
+        self.converted_modes: set[str] = set()
+
+    def __call__(self, value: Any, where: str = "an image") -> Image.Image | None:
+        try:
+            image = _open(value)
+            image.load()  # decode fully now: truncated files fail here, not inside a transform later
+        except Exception as error:
+            self.num_failed += 1
+            if self.on_error == "raise":
+                raise UndecodableImageError(
+                    f"Cannot decode {where} ({type(error).__name__}: {error}). Fix or remove the file, or use "
+                    "ImageDecoder(on_error='skip') to drop undecodable images with a warning."
+                ) from error
+            logger.warning("Skipping undecodable %s (%s: %s); %d skipped so far.",
+                           where, type(error).__name__, error, self.num_failed)
+            return None
+        if image.mode != self.mode:
+            if image.mode not in self.converted_modes:
+                self.converted_modes.add(image.mode)
+                logger.warning("Converting %s images to %s (first one: %s); further ones are converted silently.",
+                               image.mode, self.mode, where)
+            image = image.convert(self.mode)
+        return image
+
+    def decode_batch(self, batch: dict[str, list], image_column: str) -> dict[str, list]:
+        """``batch`` (a ``set_transform`` batch) with decoded images, minus the rows whose image failed."""
+        images = [self(value, f"row {i} of the batch") for i, value in enumerate(batch[image_column])]
+        keep = [i for i, image in enumerate(images) if image is not None]
+        decoded = {name: [values[i] for i in keep] for name, values in batch.items() if name != image_column}
+        decoded[image_column] = [images[i] for i in keep]
+        return decoded
+
+
+def _open(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return Image.open(io.BytesIO(value["bytes"]))
+        if value.get("path"):
+            return Image.open(value["path"])
+        raise ValueError(f"an image value with neither bytes nor path: {sorted(value)}")
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value))
+    if isinstance(value, (str, Path)):
+        return Image.open(value)
+    raise TypeError(f"expected a PIL image, bytes, a path or a {{'bytes', 'path'}} dict, got {type(value).__name__}")
+
+
+def without_decoding(dataset: Dataset, image_column: str) -> Dataset:
+    """``dataset`` with ``image_column`` left as raw bytes/paths, for ``ImageDecoder`` to decode."""
+    feature = dataset.features.get(image_column) if dataset.features else None
+    if isinstance(feature, ImageFeature) and feature.decode:
+        return dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset

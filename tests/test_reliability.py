@@ -1,0 +1,340 @@
+"""Every bad input of issue 6 gives a clear error (what was expected, what was found, how to fix it), early.
+
+Each test exercises one guard and would fail without it. Tiny random models and data only, no network.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import IMAGE_SIZE, make_args, random_image_dataset, tiny_timm_resnet, tiny_timm_vit, tiny_vit
+from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from hf_projkd import DistillationArguments, DistillationTrainer, FeatureExtractor, load_image_classifier
+from hf_projkd.checkpointing import (
+    CHECKPOINT_MANIFEST,
+    IncompleteCheckpointError,
+    checkpoint_problem,
+    latest_complete_checkpoint,
+    mark_checkpoint_complete,
+    resolve_resume_checkpoint,
+)
+from hf_projkd.data import (
+    ImageDecoder,
+    UndecodableImageError,
+    check_label_range,
+    check_splits_not_empty,
+    load_image_dataset,
+    resolve_columns,
+    without_decoding,
+)
+from hf_projkd.features import ModelFeatures, probe_dims
+from hf_projkd.validation import NonFiniteLossError, TeacherInputNormalizer, input_normalization
+
+
+def _trainer(tmp_path, student=None, teacher=None, dataset=None, **overrides) -> DistillationTrainer:
+    return DistillationTrainer(
+        student if student is not None else tiny_vit(),
+        teacher if teacher is not None else tiny_timm_vit(),
+        make_args(tmp_path, **overrides),
+        train_dataset=dataset if dataset is not None else random_image_dataset(16),
+    )
+
+
+def _named(model: nn.Module, names: list[str]) -> nn.Module:
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    return model
+
+
+# -- teacher vs student --------------------------------------------------------------------------------------------
+def test_label_names_that_differ_between_student_and_teacher_stop_a_logit_loss(tmp_path):
+    names = ["cat", "dog", "bird", "fish", "frog"]
+    with pytest.raises(ValueError, match=r"class names differ \(different classes\).*\(4, 'frog', 'horse'\)"):
+        _trainer(tmp_path, _named(tiny_vit(), names), _named(tiny_vit(seed=3), names[:4] + ["horse"]))
+    with pytest.raises(ValueError, match="the same classes in another order"):
+        _trainer(tmp_path, _named(tiny_vit(), names), _named(tiny_vit(seed=3), names[::-1]))
+    # same names, default names, or no logit loss: fine
+    _trainer(tmp_path, _named(tiny_vit(), names), _named(tiny_vit(seed=3), names))
+    _trainer(tmp_path, tiny_vit(), tiny_vit(seed=3))
+    _trainer(tmp_path, _named(tiny_vit(), names), _named(tiny_vit(seed=3), names[::-1]), logit_loss="none")
+
+
+def test_teacher_inputs_are_renormalised_when_its_mean_std_differ(tmp_path):
+    student, teacher = tiny_timm_resnet(), tiny_timm_vit()  # ImageNet mean/std vs 0.5/0.5
+    trainer = DistillationTrainer(student, teacher, make_args(tmp_path), input_size=(3, IMAGE_SIZE, IMAGE_SIZE),
+                                  train_dataset=random_image_dataset(16))
+    raw = torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    mean_s, std_s = (torch.tensor(v).view(1, 3, 1, 1) for v in input_normalization(student))
+    for_student = (raw - mean_s) / std_s
+    expected_for_teacher = (raw - 0.5) / 0.5
+    got = trainer._teacher_inputs({"pixel_values": for_student})
+    torch.testing.assert_close(got, expected_for_teacher, atol=1e-5, rtol=1e-5)
+    # a batch with its own teacher_pixel_values is used as given
+    assert trainer._teacher_inputs({"pixel_values": for_student, "teacher_pixel_values": raw}) is raw
+
+    seen = []
+    real_forward = trainer.teacher_forward
+    trainer.teacher_forward = lambda pixels: seen.append(pixels.clone()) or real_forward(pixels)
+    trainer.compute_loss(trainer.model.train(), {"pixel_values": for_student, "labels": torch.zeros(4).long()})
+    torch.testing.assert_close(seen[0], expected_for_teacher, atol=1e-5, rtol=1e-5)
+
+    with pytest.raises(ValueError, match=r"mean/std .*0\.485.* but the teacher expects .*0\.5.*renormalize_teacher_"):
+        DistillationTrainer(tiny_timm_resnet(), tiny_timm_vit(), make_args(tmp_path, renormalize_teacher_inputs=False),
+                            input_size=(3, IMAGE_SIZE, IMAGE_SIZE))
+
+
+def test_normalizer_maps_student_pixels_to_teacher_pixels():
+    student, teacher = ((0.1, 0.2, 0.3), (0.5, 0.6, 0.7)), ((0.4, 0.4, 0.4), (0.2, 0.3, 0.4))
+    raw = torch.rand(2, 3, 5, 5)
+
+    def view(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values).view(1, 3, 1, 1)
+
+    x_student = (raw - view(student[0])) / view(student[1])
+    torch.testing.assert_close(TeacherInputNormalizer(student, teacher)(x_student),
+                               (raw - view(teacher[0])) / view(teacher[1]))
+
+
+def test_teacher_that_only_runs_at_its_own_input_size_needs_teacher_pixel_values(tmp_path):
+    small = 16  # the ViT teacher has a fixed 32 px patch grid; the CNN student runs at 16 px
+    trainer = DistillationTrainer(tiny_timm_resnet(), tiny_timm_vit(), make_args(tmp_path, logit_loss="none"),
+                                  input_size=(3, small, small))
+    assert trainer.teacher_input_size == (3, IMAGE_SIZE, IMAGE_SIZE)
+    batch = {"pixel_values": torch.randn(4, 3, small, small), "labels": torch.zeros(4).long()}
+    with pytest.raises(ValueError, match=r"teacher only runs at \(3, 32, 32\).*no 'teacher_pixel_values'"):
+        trainer.compute_loss(trainer.model.train(), batch)
+    loss = trainer.compute_loss(trainer.model, {**batch, "teacher_pixel_values": torch.randn(4, 3, 32, 32)})
+    assert torch.isfinite(loss)
+
+
+def test_feature_dims_that_cannot_be_inferred_or_do_not_match_are_errors(tmp_path):
+    class Plain(nn.Module):  # no config, no pretrained_cfg: nothing says its input size
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.classifier = nn.Flatten(), nn.Linear(12, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.body(x))
+
+    with pytest.raises(ValueError, match=r"Cannot infer the input size of Plain.*input_size=\(channels"):
+        probe_dims(FeatureExtractor(Plain()))
+    assert probe_dims(FeatureExtractor(Plain()), (3, 2, 2))[:2] == (12, 5)
+    with pytest.raises(ValueError, match=r"dummy forward of Plain at input size \(3, 4, 4\) failed"):
+        probe_dims(FeatureExtractor(Plain()), (3, 4, 4))
+    with pytest.raises(ValueError, match="Cannot tell where the pre-logit features of Sequential"):
+        FeatureExtractor(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)))
+    with pytest.raises(ValueError, match=r"student_feature_dim=99 was given, but the student's features have dim 32"):
+        _trainer(tmp_path, student_feature_dim=99)
+    with pytest.raises(ValueError, match=r"teacher_feature_dim=32 was given, but the teacher's features have dim 48"):
+        _trainer(tmp_path, teacher_feature_dim=32)
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+def test_labels_outside_the_class_range_stop_before_training(tmp_path):
+    data = random_image_dataset(16).to_dict()
+    data["labels"] = [int(v) for v in data["labels"]]
+    data["labels"][3] = 7
+    with pytest.raises(ValueError, match=r"labels in \[0, 7\], but the model has 5 classes.*rows \[3\].*num_labels=8"):
+        _trainer(tmp_path, dataset=Dataset.from_dict(data).with_format("torch"))
+    unlabelled = Dataset.from_dict({"label": [0, -1, 2]})
+    with pytest.raises(ValueError, match="-1 usually mark an unlabelled split"):
+        check_label_range(unlabelled, 5, "label", split="test")
+    check_label_range(Dataset.from_dict({"label": [0, 4, 2]}), 5, "label")
+    check_label_range(Dataset.from_dict({"label": [[0.2, 0.8], [1.0, 0.0]]}), 2, "label")  # soft labels: no check
+
+
+def test_empty_datasets_and_splits_are_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"train dataset is empty \(0 examples\)"):
+        _trainer(tmp_path, dataset=random_image_dataset(16).select([]))
+    with pytest.raises(ValueError, match=r"validation dataset is empty"):
+        DistillationTrainer(tiny_vit(), tiny_timm_vit(), make_args(tmp_path), train_dataset=random_image_dataset(16),
+                            eval_dataset={"validation": random_image_dataset(16).select([])})
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Dataset.from_dict({"image": ["a", "b"], "label": [0, 1]}).to_parquet(folder / "train-00000.parquet")
+    Dataset.from_dict({"image": ["a"], "label": [0]}).select([]).to_parquet(folder / "test-00000.parquet")
+    with pytest.raises(ValueError, match=r"split\(s\) \['test'\] are empty"):
+        load_image_dataset(str(folder))
+    splits = DatasetDict(train=Dataset.from_dict({"label": [0]}), validation=Dataset.from_dict({"label": []}))
+    with pytest.raises(ValueError, match=r"\['validation'\] are empty \(sizes: \{'train': 1, 'validation': 0"):
+        check_splits_not_empty(splits, "my-data")
+
+
+def test_missing_image_or_label_columns_name_the_columns_and_the_flag(tmp_path):
+    dataset = Dataset.from_dict({"picture": [1], "target": [0]})
+    with pytest.raises(ValueError, match=r"No image column.*has \['picture', 'target'\].*--image_column=<column>"):
+        resolve_columns(dataset)
+    with pytest.raises(ValueError, match=r"No label column.*--label_column=<column>"):
+        resolve_columns(dataset, image_column="picture")
+    with pytest.raises(ValueError, match=r"--label_column='y' is not a column.*\['picture', 'target'\]"):
+        resolve_columns(dataset, image_column="picture", label_column="y")
+    assert resolve_columns(dataset, "picture", "target") == ("picture", "target")
+    trainer = _trainer(tmp_path)
+    with pytest.raises(KeyError, match=r"no 'pixel_values' \(its keys: \['image', 'labels'\]\).*--image_column"):
+        trainer.compute_loss(trainer.model.train(), {"image": torch.randn(2, 3, 32, 32), "labels": torch.zeros(2)})
+
+
+def _encoded(mode: str, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (4, 4)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_grayscale_rgba_cmyk_images_are_converted_with_one_notice_per_mode(caplog):
+    decoder = ImageDecoder()
+    values = [_encoded("L"), _encoded("L"), {"bytes": _encoded("RGBA"), "path": None},
+              _encoded("CMYK", "JPEG"), Image.new("L", (4, 4)), _encoded("RGB")]
+    with caplog.at_level(logging.WARNING, logger="hf_projkd.data.loading"):
+        images = [decoder(value) for value in values]
+    assert all(image.mode == "RGB" and image.size == (4, 4) for image in images)
+    assert decoder.converted_modes == {"L", "RGBA", "CMYK"}
+    notices = [r.getMessage() for r in caplog.records if "Converting" in r.getMessage()]
+    assert len(notices) == 3 and any("Converting L images to RGB" in n for n in notices)
+    assert decoder.num_failed == 0
+
+
+def test_undecodable_images_are_counted_and_skipped_or_stop_by_option(caplog):
+    truncated = _encoded("RGB", "JPEG")[:40]
+    rows = {"image": [{"bytes": _encoded("RGB"), "path": None}, {"bytes": truncated, "path": None},
+                      {"bytes": b"not an image", "path": None}, {"bytes": _encoded("L"), "path": None}],
+            "label": [0, 1, 2, 3]}
+    dataset = Dataset.from_dict(rows, features=Features({"image": ImageFeature(), "label": Value("int64")}))
+    with pytest.raises(OSError):  # what datasets itself gives: PIL's error from deep inside a transform
+        dataset[1]["image"].load()
+    decoder = ImageDecoder(on_error="skip")
+    raw = without_decoding(dataset, "image").with_transform(lambda batch: decoder.decode_batch(batch, "image"))
+    with caplog.at_level(logging.WARNING, logger="hf_projkd.data.loading"):
+        examples = raw.__getitems__([0, 1, 2, 3])
+    assert [e["label"] for e in examples] == [0, 3] and all(e["image"].mode == "RGB" for e in examples)
+    assert decoder.num_failed == 2
+    assert sum("Skipping undecodable" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(UndecodableImageError, match=r"Cannot decode row 1.*on_error='skip'"):
+        ImageDecoder(on_error="raise").decode_batch(without_decoding(dataset, "image")[0:2], "image")
+    with pytest.raises(ValueError, match="on_error='ignore' is not supported"):
+        ImageDecoder(on_error="ignore")
+
+
+def test_batch_norm_on_a_per_device_batch_of_one_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size=1, but feature_norm='batchnorm' needs at least"):
+        _trainer(tmp_path, per_device_train_batch_size=1)
+    with pytest.raises(ValueError, match=r"17 training examples in batches of 8 leave a last batch of 1"):
+        _trainer(tmp_path, dataset=random_image_dataset(17))
+    _trainer(tmp_path, dataset=random_image_dataset(17), dataloader_drop_last=True)
+    _trainer(tmp_path, per_device_train_batch_size=1, feature_norm="layernorm")
+
+
+# -- during training -----------------------------------------------------------------------------------------------
+def test_non_finite_loss_stops_names_the_component_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=6, save_strategy="steps", save_steps=2, save_total_limit=1)
+    real_forward = trainer.teacher_forward
+
+    def diverging_teacher(pixels: torch.Tensor) -> ModelFeatures:
+        out = real_forward(pixels)
+        if trainer.state.global_step >= 2:  # from step 3 on, the teacher features are NaN
+            out.features = torch.full_like(out.features, float("nan"))
+        return out
+
+    trainer.teacher_forward = diverging_teacher
+    checkpoint = tmp_path / "checkpoint-2"
+    with pytest.raises(NonFiniteLossError, match=rf"between steps 2 and 3, in loss_feature\..*{checkpoint}"):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert checkpoint_problem(checkpoint) is None
+    state = load_file(checkpoint / "distillation_state.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+    assert all(torch.isfinite(v).all() for v in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_a_truncated_checkpoint_is_detected_on_resume(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer.train()
+    good, newest = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
+    state_file = newest / "distillation_state.safetensors"
+    state_file.write_bytes(state_file.read_bytes()[:-10])
+    message = rf"has \d+ bytes, the manifest recorded \d+.*Resume from {good}"
+    with pytest.raises(IncompleteCheckpointError, match=message):
+        _trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(newest))
+    assert latest_complete_checkpoint(tmp_path) == good
+    # accepted by hand (manifest rewritten), the truncated file is still caught when it is read
+    mark_checkpoint_complete(newest)
+    with pytest.raises(OSError, match="distillation_state.safetensors is truncated or corrupt"):
+        _trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(newest))
+
+
+def test_resume_picks_only_complete_checkpoints(tmp_path):
+    assert resolve_resume_checkpoint(None, tmp_path) is None
+    with pytest.raises(IncompleteCheckpointError, match=r"holds no complete checkpoint \(found none\)"):
+        resolve_resume_checkpoint(True, tmp_path)
+    for step in (2, 4, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x" * step)
+    mark_checkpoint_complete(tmp_path / "checkpoint-2")
+    mark_checkpoint_complete(tmp_path / "checkpoint-4")
+    assert resolve_resume_checkpoint(True, tmp_path) == str(tmp_path / "checkpoint-4")  # 10 > 4 numerically
+    (tmp_path / "checkpoint-4" / "model.safetensors").unlink()
+    assert "model.safetensors is missing" in checkpoint_problem(tmp_path / "checkpoint-4")
+    assert resolve_resume_checkpoint(True, tmp_path) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(IncompleteCheckpointError, match=r"checkpoint-10 has no checkpoint_complete.json"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-10"), tmp_path)
+    with pytest.raises(IncompleteCheckpointError, match=r"checkpoint-99 does not exist"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-99"), tmp_path)
+    assert (tmp_path / "checkpoint-2" / CHECKPOINT_MANIFEST).is_file()
+
+
+# -- loading and arguments -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("no-such-org/no-such-model", "HF_HUB_OFFLINE is set, so Hub ids only load from the local cache"),
+        ("timm/no_such_model.in1k", "HF_HUB_OFFLINE is set, so Hub ids only load from the local cache"),
+        ("./no/such/folder", "there is no such folder"),
+    ],
+)
+def test_a_teacher_that_cannot_be_loaded_offline_is_one_clear_error_without_hanging(tmp_path, name, message):
+    start = time.monotonic()
+    with pytest.raises(OSError, match=rf"(?s)Could not load the model '{name}'.*{message}"):
+        load_image_classifier(name)
+    with pytest.raises(OSError, match="Could not load the model"):
+        DistillationTrainer(tiny_vit(), name, make_args(tmp_path))
+    assert time.monotonic() - start < 30  # no network retries
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ce_weight", -0.5, "ce_weight must be >= 0"),
+        ("dkd_beta", -8.0, "dkd_beta must be >= 0"),
+        ("logsum_exponent", -4.0, "logsum_exponent must be > 0"),
+        ("weight_decay_filter", "bias", "weight_decay_filter='bias' is not supported"),
+        ("label_smoothing_factor", 1.0, r"label_smoothing_factor must be in \[0, 1\)"),
+    ],
+)
+def test_more_arguments_are_validated_at_construction(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationArguments(output_dir=str(tmp_path), **{field: value})
+
+
+def test_all_zero_loss_weights_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="All loss weights are 0"):
+        DistillationArguments(output_dir=str(tmp_path), feature_loss_weight=0, logit_loss_weight=0, ce_weight=0)
+
+
+def test_check_label_range_reads_the_label_column_fast():
+    labels = np.random.default_rng(0).integers(0, 1000, size=200_000)
+    dataset = Dataset.from_dict({"label": labels})
+    start = time.monotonic()
+    check_label_range(dataset.select(range(199_999, -1, -1)), 1000, "label")  # through an indices mapping too
+    assert time.monotonic() - start < 2
+    labels[123_456] = 1000
+    with pytest.raises(ValueError, match=r"rows \[123456\]"):
+        check_label_range(Dataset.from_dict({"label": labels}), 1000, "label")
