@@ -34,7 +34,7 @@ from .cli import parse_recipe_args
 from .config import DistillationArguments
 from .data.imagenet import ImageData, ImageNetDataArguments, load_imagenet
 from .features import is_timm_model
-from .hub import MeasuredResult, StudentHubMixin
+from .hub import MeasuredResult
 from .metrics import top_k_accuracy
 from .trainer import DistillationTrainer
 
@@ -150,9 +150,8 @@ class StepDecay:
         return self.gamma ** sum(step >= m for m in self.milestones)
 
 
-class RecipeTrainer(StudentHubMixin, DistillationTrainer):
-    """``DistillationTrainer`` + the student-only card/push, a separate eval collator (no Mixup at evaluation)
-    and the epoch step schedule."""
+class RecipeTrainer(DistillationTrainer):
+    """``DistillationTrainer`` + a separate eval collator (no Mixup at evaluation) + the epoch step schedule."""
 
     def __init__(self, *args: Any, eval_data_collator: Any = None, milestone_steps: list[int] | None = None,
                  lr_step_gamma: float = 0.1, **kwargs: Any) -> None:

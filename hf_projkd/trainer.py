@@ -14,6 +14,7 @@ from .checkpointing import mark_checkpoint_complete, resolve_resume_checkpoint, 
 from .config import DistillationArguments
 from .distributed import optimize_teacher_call, prepare_teacher
 from .features import FeatureExtractor, default_input_size, probe_dims
+from .hub import StudentHubMixin
 from .loading import load_image_classifier
 from .metrics import compute_accuracy
 from .modeling import DistillationModel, DistillationOutput, LossSettings
@@ -36,7 +37,7 @@ LOSS_COMPONENTS = ("loss_ce", "loss_logit", "loss_feature")
 NO_DECAY_NAMES = ("cls_token", "dist_token", "distillation_token", "pos_embed", "position_embeddings", "mask_token")
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(StudentHubMixin, Trainer):
     """Trains a student from a frozen teacher with CE + logit KD + projector feature loss (SRD).
 
     Args:
