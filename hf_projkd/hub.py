@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 
 from .features import default_input_size, is_timm_model
@@ -43,6 +43,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch counts the CUDA attention kernels but not the CPU one: without this, ViTs on CPU lose their attention FLOPs
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one forward on one image of ``input_size`` (FLOPs counted by torch, halved)."""
@@ -50,7 +58,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
             model(torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype))
     finally:
         model.train(was_training)
@@ -252,7 +260,7 @@ class StudentHubMixin:
             dataset_split=str(context.get("dataset_split") or "unknown"),
             input_size=size[-1],
             results=results,
-            hyperparameters={k: v for k, v in hyperparameters.items() if v is not None},
+            hyperparameters={k: getattr(v, "value", v) for k, v in hyperparameters.items() if v is not None},
             costs={
                 f"student ({architecture_name(student)})": (count_parameters(student), count_macs(student, size)),
                 f"teacher ({teacher_name})": (count_parameters(teacher), count_macs(teacher, size)),

@@ -69,9 +69,12 @@ def test_card_without_measurements_states_no_numbers():
     assert not any(ch.isdigit() for ch in results_section.split("|---|")[1])
 
 
-def test_count_macs_of_a_linear_layer():
+def test_count_macs_of_a_linear_layer_and_of_attention():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
     assert count_macs(model, (3, 4, 4)) == 48 * 10
+    sdpa, eager = tiny_vit(), tiny_vit()
+    eager.config._attn_implementation = "eager"  # explicit matmuls: the reference count
+    assert count_macs(sdpa, (3, 32, 32)) == count_macs(eager, (3, 32, 32))
 
 
 @pytest.fixture
