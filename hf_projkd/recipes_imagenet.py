@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import timm
 import torch
+from timm.data import ImageNetInfo
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
@@ -35,8 +36,10 @@ from .config import DistillationArguments
 from .data.imagenet import ImageData, ImageNetDataArguments, load_imagenet
 from .features import is_timm_model
 from .hub import MeasuredResult
+from .loading import load_image_classifier
 from .metrics import top_k_accuracy
 from .trainer import DistillationTrainer
+from .validation import label_names
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,19 @@ def attach_preprocessing(student: nn.Module, data_args: ImageNetDataArguments) -
         size={"shortest_edge": resize}, crop_size={"height": data_args.input_size, "width": data_args.input_size},
         resample=resample, image_mean=list(data_args.image_mean), image_std=list(data_args.image_std),
     )
+
+
+def align_imagenet_teacher_labels(teacher: nn.Module, class_names: list[str]) -> None:
+    """Let a timm teacher that names its classes by WordNet synset (``n01440764``) be compared with a dataset that
+    names them by description (``tench, Tinca tinca``, as ``ILSVRC/imagenet-1k`` does): when both are the
+    ImageNet-1k classes in the same order, give the teacher the dataset's names. Anything else is left for the
+    trainer's class-name check to report."""
+    teacher_names = label_names(teacher)
+    if teacher_names is None or teacher_names == class_names or not hasattr(teacher, "pretrained_cfg"):
+        return
+    info = ImageNetInfo()
+    if teacher_names == list(info.label_names()) and class_names == list(info.label_descriptions()):
+        teacher.pretrained_cfg = {**teacher.pretrained_cfg, "label_names": list(class_names)}
 
 
 # -- schedule --------------------------------------------------------------------------------------------------
@@ -261,8 +277,11 @@ def run(defaults: dict[str, Any], argv: list[str] | None = None) -> RecipeRun:
     student = build_student(recipe.student, data.class_names, data_args.input_size, recipe.drop_path_rate)
     processor = attach_preprocessing(student, data_args)
     milestones = configure_schedule(args, recipe, data.num_train_examples, data_args.streaming)
+    teacher = load_image_classifier(args.teacher_model_name_or_path)
+    align_imagenet_teacher_labels(teacher, data.class_names)
     trainer = RecipeTrainer(
         student,
+        teacher,
         args=args,
         input_size=(3, data_args.input_size, data_args.input_size),
         train_dataset=data.train,

@@ -229,6 +229,28 @@ def test_streaming_needs_a_size_and_derives_max_steps(image_folder, tmp_path):
     assert args.max_steps == 15 and args.warmup_steps == 5
 
 
+def test_a_synset_named_teacher_is_aligned_with_a_description_named_imagenet():
+    from timm.data import ImageNetInfo
+
+    from hf_projkd.recipes_imagenet import align_imagenet_teacher_labels
+    from hf_projkd.validation import check_label_names
+
+    info = ImageNetInfo()
+    descriptions = list(info.label_descriptions())
+    teacher = torch.nn.Linear(1, 1)
+    teacher.pretrained_cfg = {"label_names": list(info.label_names())}
+    student = build_student("resnet18", descriptions, 32)
+    with pytest.raises(ValueError, match="class names differ"):
+        check_label_names(student, teacher)
+    align_imagenet_teacher_labels(teacher, descriptions)
+    check_label_names(student, teacher)  # now the same classes by the same names
+    shuffled = torch.nn.Linear(1, 1)
+    shuffled.pretrained_cfg = {"label_names": list(reversed(info.label_names()))}
+    align_imagenet_teacher_labels(shuffled, descriptions)  # another order: not "fixed", the check still fails
+    with pytest.raises(ValueError, match="class names differ"):
+        check_label_names(student, shuffled)
+
+
 def test_step_schedule_and_student_builder():
     schedule = StepDecay([4, 8], gamma=0.1, warmup_steps=2)
     assert [round(schedule(s), 6) for s in (0, 1, 3, 4, 7, 8)] == [0.5, 1.0, 1.0, 0.1, 0.1, 0.01]
