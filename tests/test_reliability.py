@@ -204,7 +204,10 @@ def test_grayscale_rgba_cmyk_images_are_converted_with_one_notice_per_mode(caplo
 
 
 def test_undecodable_images_are_counted_and_skipped_or_stop_by_option(caplog):
-    truncated = _encoded("RGB", "JPEG")[:40]
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # the header opens, the pixels do not decode
+    Image.open(io.BytesIO(truncated))
     rows = {"image": [{"bytes": _encoded("RGB"), "path": None}, {"bytes": truncated, "path": None},
                       {"bytes": b"not an image", "path": None}, {"bytes": _encoded("L"), "path": None}],
             "label": [0, 1, 2, 3]}
@@ -253,6 +256,25 @@ def test_non_finite_loss_stops_names_the_component_and_keeps_the_last_good_check
     state = load_file(checkpoint / "distillation_state.safetensors")
     assert all(torch.isfinite(v.float()).all() for v in state.values())
     assert all(torch.isfinite(v).all() for v in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_a_crash_before_the_manifest_keeps_the_previous_checkpoint_despite_save_total_limit(tmp_path, monkeypatch):
+    """Old checkpoints are rotated away only after the new one is marked complete."""
+    import hf_projkd.trainer as trainer_module
+
+    real_mark = trainer_module.mark_checkpoint_complete
+
+    def crash_at_step_4(folder, step=None):
+        if step == 4:
+            raise KeyboardInterrupt("killed after writing checkpoint-4, before its manifest")
+        return real_mark(folder, step)
+
+    monkeypatch.setattr(trainer_module, "mark_checkpoint_complete", crash_at_step_4)
+    trainer = _trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, save_total_limit=1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert resolve_resume_checkpoint(True, tmp_path) == str(tmp_path / "checkpoint-2")
 
 
 def test_a_truncated_checkpoint_is_detected_on_resume(tmp_path):
