@@ -15,7 +15,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -120,14 +122,30 @@ def _eval_batch(dataset: Path) -> torch.Tensor:
 
 # -- recipes ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("recipe", ["deit_tiny", "deit_small"])
-def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(recipe, tmp_path, tmp_path_factory, image_folder):
+def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
+    recipe, tmp_path, tmp_path_factory, image_folder, monkeypatch
+):
     teacher = _timm_teacher(tmp_path_factory, "regnety_002")
     config = tmp_path / "tiny_deit.json"
     config.write_text(json.dumps(TINY_DEIT))
     module = _load_recipe(recipe)
     assert module.DEFAULTS["teacher_model_name_or_path"] == "timm/regnety_160.deit_in1k"
     out = tmp_path / "out"
-    result = run(module.DEFAULTS, [*_common_argv(out, image_folder, teacher), "--student", str(config)])
+    argv = [*_common_argv(out, image_folder, teacher), "--student", str(config)]
+    uploads = []
+    if recipe == "deit_small":  # --push_to_hub through the recipe: the upload call is the only thing mocked
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(
+            repo_id=repo_id))
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: uploads.append(
+            (kw, sorted(p.name for p in Path(kw["folder_path"]).iterdir()))))
+        argv += ["--push_to_hub", "--hub_model_id", "someone/deit-small-srd"]
+    result = run(module.DEFAULTS, argv)
+    if recipe == "deit_small":
+        (call, files), = uploads
+        assert call["repo_id"] == "someone/deit-small-srd"
+        assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+        card = (Path(call["folder_path"]) / "README.md").read_text()
+        assert "someone/deit-small-srd" in card and f"| teacher ({teacher}) |" in card
 
     trainer = result.trainer
     student = trainer.student
