@@ -263,7 +263,9 @@ class StudentHubMixin:
             hyperparameters={k: getattr(v, "value", v) for k, v in hyperparameters.items() if v is not None},
             costs={
                 f"student ({architecture_name(student)})": (count_parameters(student), count_macs(student, size)),
-                f"teacher ({teacher_name})": (count_parameters(teacher), count_macs(teacher, size)),
+                f"teacher ({teacher_name})": (
+                    count_parameters(teacher), count_macs(teacher, getattr(self, "teacher_input_size", size))
+                ),
             },
             eval_examples=context.get("eval_examples"),
             usage_snippet=usage_snippet(model_id, student),

@@ -90,7 +90,7 @@ def build_student(name: str, class_names: list[str], input_size: int, drop_path_
     labels = {"num_labels": len(class_names), "id2label": dict(enumerate(class_names)),
               "label2id": {c: i for i, c in enumerate(class_names)}}
     if name in DEIT_ARCHITECTURES:
-        config = DeiTConfig(image_size=input_size, patch_size=16, num_hidden_layers=12,
+        config = DeiTConfig(image_size=input_size, patch_size=16, num_hidden_layers=12, layer_norm_eps=1e-6,
                             **DEIT_ARCHITECTURES[name], **labels)
         return DeiTForImageClassificationWithTeacher(config)
     if name.endswith(".json"):
@@ -228,9 +228,9 @@ def evaluate_teacher(trainer: DistillationTrainer) -> dict[str, float]:
     """Top-1 / top-5 (%) of the teacher on the eval split, through the same eval data loader as the student."""
     logits, labels = [], []
     for batch in trainer.get_eval_dataloader():
-        batch = trainer._prepare_inputs(batch)
-        with trainer.accelerator.autocast():
-            out = trainer.teacher_forward(batch["pixel_values"]).logits.float()
+        batch = {k: v.to(trainer.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        # the inputs the teacher gets in training (re-normalised / teacher_pixel_values when the trainer does so)
+        out = trainer.teacher_forward(trainer._teacher_inputs(batch)).logits.float()
         out, target = trainer.accelerator.gather_for_metrics((out, batch["labels"]))
         logits.append(out.cpu().numpy())
         labels.append(target.cpu().numpy())

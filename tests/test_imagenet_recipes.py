@@ -269,6 +269,18 @@ def test_a_synset_named_teacher_is_aligned_with_a_description_named_imagenet():
         check_label_names(student, shuffled)
 
 
+def test_baseline_results_are_read_from_a_measured_run_file(tmp_path):
+    from hf_projkd.recipes_imagenet import read_baseline
+
+    path = tmp_path / "eval_results.json"
+    path.write_text(json.dumps({"eval_top1": 69.76, "eval_top5": 89.08, "epoch": 100.0}))
+    baseline = read_baseline(str(path))
+    assert (baseline.top1, baseline.top5) == (69.76, 89.08) and str(path) in baseline.source
+    path.write_text(json.dumps({"eval_loss": 1.0}))
+    with pytest.raises(ValueError, match="eval_top1"):
+        read_baseline(str(path))
+
+
 def test_step_schedule_and_student_builder():
     schedule = StepDecay([4, 8], gamma=0.1, warmup_steps=2)
     assert [round(schedule(s), 6) for s in (0, 1, 3, 4, 7, 8)] == [0.5, 1.0, 1.0, 0.1, 0.1, 0.01]

@@ -190,5 +190,6 @@ def _with_transform(
         }
 
     if isinstance(dataset, IterableDataset):
-        return dataset.map(convert, batched=True, remove_columns=list(dataset.column_names or []))
+        # small batches: a streamed map holds a whole batch of decoded, augmented tensors per worker
+        return dataset.map(convert, batched=True, batch_size=16, remove_columns=list(dataset.column_names or []))
     return dataset.with_transform(convert)
