@@ -200,6 +200,9 @@ def test_resnet18_recipe_with_config_file_trains_and_reloads_with_timm(tmp_path,
 
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["architecture"] == "resnet18" and config_json["num_classes"] == len(CLASSES)
+    saved_cfg = config_json["pretrained_cfg"]  # the eval preprocessing travels with the timm student
+    assert saved_cfg["interpolation"] == "bilinear" and saved_cfg["crop_pct"] == 0.875
+    assert list(saved_cfg["input_size"]) == [3, 32, 32]
     results_section = (out / "README.md").read_text().split("## Cost")[0]
     assert "| student (this model) |" in results_section and "| teacher" not in results_section  # not measured
 
@@ -267,6 +270,19 @@ def test_a_synset_named_teacher_is_aligned_with_a_description_named_imagenet():
     align_imagenet_teacher_labels(shuffled, descriptions)  # another order: not "fixed", the check still fails
     with pytest.raises(ValueError, match="class names differ"):
         check_label_names(student, shuffled)
+
+
+def test_saved_image_processor_matches_the_eval_transform():
+    from hf_projkd.recipes_imagenet import attach_preprocessing
+
+    args = ImageNetDataArguments(input_size=32)
+    processor = attach_preprocessing(build_student("deit-tiny", CLASSES, 32), args)
+    ramp = np.add.outer(np.arange(40), np.arange(48))[:, :, None].repeat(3, 2) * 2  # smooth: no aliasing noise
+    image = Image.fromarray(ramp.astype("uint8"))
+    ours = build_eval_transform(args)(image)
+    theirs = processor(image, return_tensors="pt").pixel_values[0]
+    assert processor.size == {"shortest_edge": 36} and theirs.shape == ours.shape == (3, 32, 32)
+    torch.testing.assert_close(theirs, ours, atol=0.1, rtol=0.0)
 
 
 def test_baseline_results_are_read_from_a_measured_run_file(tmp_path):
