@@ -93,6 +93,7 @@ class CardInfo:
     eval_examples: int | None = None
     usage_snippet: str = ""
     license: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 def build_model_card(info: CardInfo, template_path: str | Path | None = None) -> ModelCard:
@@ -109,7 +110,7 @@ def build_model_card(info: CardInfo, template_path: str | Path | None = None) ->
     card_data = ModelCardData(
         library_name=info.library_name,
         pipeline_tag="image-classification",
-        tags=[*CARD_TAGS, *(("timm",) if info.library_name == "timm" else ())],
+        tags=list(dict.fromkeys([*CARD_TAGS, *(("timm",) if info.library_name == "timm" else ()), *info.tags])),
         datasets=[info.dataset_id] if _is_hub_id(info.dataset_id) else None,
         license=info.license,
         model_name=info.model_id.split("/")[-1],
@@ -272,14 +273,28 @@ class StudentHubMixin:
             license=context.get("license"),
         )
 
-    def create_model_card(self, model_name: str | None = None, dataset: str | None = None, **kwargs: Any) -> None:
-        """Write ``README.md`` (the SRD card) into ``output_dir``. Transformers-only kwargs are ignored."""
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``README.md`` (the SRD card) into ``output_dir``.
+
+        ``dataset``, ``tags``, ``license``, ``dataset_split``, ``teacher_result``, ``baseline_result`` and
+        ``eval_examples`` override ``model_card_context``; ``model_name`` ("user/name") sets the card's model id.
+        The other ``Trainer.create_model_card`` arguments (language, tasks, finetuned_from, ...) do not apply
+        to a student trained from scratch on images and are ignored.
+        """
         if not self.is_world_process_zero():
             return
         known = ("dataset_split", "teacher_result", "baseline_result", "license", "eval_examples")
+        dataset = dataset[0] if isinstance(dataset, list) and dataset else dataset
         info = self.card_info(dataset=dataset, **{k: kwargs.get(k) for k in known})
-        if model_name:
-            info.model_id = model_name if "/" in model_name else info.model_id
+        if model_name and "/" in model_name:
+            info.model_id = model_name
+        info.tags = [tags] if isinstance(tags, str) else list(tags or [])
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         build_model_card(info).save(Path(self.args.output_dir) / "README.md")
 

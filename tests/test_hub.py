@@ -109,7 +109,7 @@ def test_push_uploads_the_transformers_student_alone_with_its_card(tmp_path, fak
     metrics = trainer.evaluate()
     trainer.model_card_context = {"dataset": "synthetic", "dataset_split": "train",
                                   "teacher_result": MeasuredResult("teacher (tiny ViT)", 12.5, 50.0, "test")}
-    trainer.push_to_hub(commit_message="final")
+    trainer.push_to_hub(commit_message="final", tags=["my-tag"])
 
     (call,) = fake_hub["upload_folder"]
     assert call["repo_id"] == "someone/tiny-srd" and call["commit_message"] == "final"
@@ -125,6 +125,7 @@ def test_push_uploads_the_transformers_student_alone_with_its_card(tmp_path, fak
     metadata = _front_matter(card)
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == round(metrics["eval_top1"], 2)
     assert "| teacher (tiny ViT) | 12.50 | 50.00 | test |" in card
+    assert {"knowledge-distillation", "my-tag"} <= set(metadata["tags"])
     assert "| `feature_loss_weight` | `2.0` |" in card and "| `temperature` | `1.0` |" in card
 
 

@@ -272,6 +272,23 @@ def test_a_synset_named_teacher_is_aligned_with_a_description_named_imagenet():
         check_label_names(student, shuffled)
 
 
+def test_help_documents_every_field_of_the_three_argument_groups(capsys):
+    from dataclasses import fields
+
+    from hf_projkd import DistillationArguments
+    from hf_projkd.recipes_imagenet import RecipeArguments, parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(_load_recipe("deit_tiny").DEFAULTS, ["--help"])
+    text = capsys.readouterr().out
+    for group in (RecipeArguments, ImageNetDataArguments, DistillationArguments):
+        missing = [f.name for f in fields(group) if f.init and f"--{f.name}" not in text]
+        assert not missing, f"{group.__name__}: {missing}"
+    assert "--config CONFIG" in text
+    weight_decay_help = text.split("  --weight_decay WEIGHT_DECAY")[1]
+    assert weight_decay_help[: weight_decay_help.index("  --")].split("(default: ")[1].startswith("0.05)")
+
+
 def test_saved_image_processor_matches_the_eval_transform():
     from hf_projkd.recipes_imagenet import attach_preprocessing
 
