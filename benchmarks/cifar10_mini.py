@@ -55,6 +55,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--output", default=str(RESULTS / "cifar10_mini_cpu.md"))
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch intra-op threads; 1 is several times faster when other jobs share the cores (less spin-waiting).",
+    )
     return parser.parse_args()
 
 
@@ -114,6 +118,8 @@ def write_markdown(path: Path, argv: str, setup: dict, runs: list[dict], elapsed
 
 def main() -> None:
     options = parse()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     argv = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
     recipe = CifarRecipeArguments(

@@ -9,6 +9,7 @@ with (3) the training step it feeds (student train step, teacher forward, both c
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import platform
@@ -46,7 +47,7 @@ class PerStepPILDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        array = np.asarray(PILImage.open(io.BytesIO(self.images[index])).convert("RGB"))
+        array = np.array(PILImage.open(io.BytesIO(self.images[index])).convert("RGB"))
         pixels = random_crop_flip(torch.from_numpy(array).permute(2, 0, 1)[None])[0]
         return {"pixel_values": pixels, "labels": torch.tensor(self.labels[index])}
 
@@ -70,6 +71,11 @@ def step_rate(step, steps: int = 5) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1: shared cores).")
+    options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     torch.manual_seed(0)
     split = load_image_dataset(str(SHARED / "data" / "cifar10-jpeg"))["train"]
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import torch
 from datasets import ClassLabel, Dataset
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
-from transformers import Trainer
+from transformers import Trainer, set_seed
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .config import DistillationArguments
@@ -303,6 +303,7 @@ def build_cifar_trainer(
 ) -> Trainer:
     """The trainer of one run: ``CifarClassifierTrainer`` for ``ce``, else ``CifarDistillationTrainer``."""
     data = data if data is not None else load_cifar_data(recipe)
+    set_seed(args.seed)  # the Trainer seeds only after the model exists: seed the student's initialisation here
     student = build_student(recipe.student, data.num_labels, recipe.mean, recipe.std, data.id2label)
     student_stats = input_statistics(student) or (recipe.mean, recipe.std)
     kwargs: dict[str, Any] = {

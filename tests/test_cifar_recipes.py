@@ -12,13 +12,15 @@ from transformers import AutoModelForImageClassification
 
 from hf_projkd import DistillationArguments
 from hf_projkd.cli import parse_recipe_args
-from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset
+from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages
 from hf_projkd.models import create_cifar_model
 from hf_projkd.recipes_cifar import (
     CRD_PROTOCOL,
     METHODS,
     CifarClassifierTrainer,
+    CifarData,
     CifarRecipeArguments,
+    build_cifar_trainer,
     load_cifar_data,
     recipe_defaults,
 )
@@ -151,3 +153,17 @@ def test_distillation_methods_need_a_teacher(tmp_path: Path) -> None:
     argv = [a for a in _tiny_argv("kd", tmp_path) if a not in ("--teacher", str(RESNET20))]
     with pytest.raises(ValueError, match="--method kd needs a teacher"):
         _recipe("cifar").main(argv)
+
+
+def test_seed_fixes_the_student_initialisation(tmp_path: Path) -> None:
+    images = DecodedImages(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.arange(8) % 2)
+    data = CifarData(images, images, {0: "a", 1: "b"})
+
+    def first_weight(seed: int) -> torch.Tensor:
+        args = DistillationArguments(**{**CRD_PROTOCOL, "output_dir": str(tmp_path), "use_cpu": True, "seed": seed})
+        trainer = build_cifar_trainer(CifarRecipeArguments(method="ce", student="resnet8"), args, data)
+        torch.rand(3)  # moving the global RNG afterwards must not matter
+        return next(trainer.model.parameters()).detach().clone()
+
+    assert torch.equal(first_weight(3), first_weight(3))
+    assert not torch.equal(first_weight(3), first_weight(4))
