@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -105,7 +106,10 @@ def check_label_range(dataset: Dataset, num_labels: int, label_column: str = "la
 
     Reads only the label column (Arrow), so it costs well under a second even for ImageNet's 1.28M rows.
     """
-    column = dataset.select_columns([label_column]).with_format("arrow")[:].column(label_column)
+    column = dataset.data.column(label_column)
+    indices = getattr(dataset, "_indices", None)  # select/shuffle/filter views: take their rows in C++, not Python
+    if indices is not None:
+        column = pc.take(column, indices.column(0))
     if not (pa.types.is_integer(column.type) and column.null_count == 0):
         return  # soft (list) labels, strings or missing values: nothing to range-check
     labels = column.to_numpy()
