@@ -9,7 +9,10 @@ singular values of W collapse; and MLP projectors decorrelate their output from 
   largest, median, smallest, effective rank and the share of values near zero;
 - the cross-correlation between the projector's input and output on one training batch, each side standardised
   per dimension over the batch (batch norm without affine parameters), summarised by the mean absolute value
-  on its diagonal and off it.
+  on its diagonal and off it;
+- ``linear_r2``: the share of the (standardised) output variance that a linear map of the input explains, on the
+  projector inputs of the last few hundred samples pushed through the current projector. Basis-free: 1 for any
+  full-rank linear projector, lower when an MLP projector decouples its output from its input.
 
 The latest values are merged into the next ``logs`` dict the Trainer hands its callbacks (so TensorBoard,
 trackio and the console receive them) and into ``state.log_history``; the full history stays on the callback
@@ -20,6 +23,7 @@ callback list so that the reporting callbacks see the merged values.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,6 +103,24 @@ def correlation_summary(correlation: torch.Tensor) -> dict[str, float]:
     return {"corr_diag": float(diagonal.mean()), "corr_offdiag": float(off)}
 
 
+def linear_predictability(inputs: torch.Tensor, outputs: torch.Tensor, ridge: float = 1e-4) -> float:
+    """R^2 of the best (ridge) linear map from standardised inputs to standardised outputs, averaged over outputs.
+
+    ``1 - ||Y - X B||^2 / ||Y||^2`` with ``B = (X^T X + ridge * N * I)^-1 X^T Y``. Needs more samples than input
+    dims (N > d_in), else any output is fitted exactly and the value says nothing.
+    """
+    if inputs.shape[0] <= inputs.shape[1]:
+        raise ValueError(
+            f"linear_predictability needs more samples than input dims, got {inputs.shape[0]} samples of "
+            f"{inputs.shape[1]} dims: raise the number of samples (r2_samples)."
+        )
+    x, y = _standardise(inputs.detach().double()), _standardise(outputs.detach().double())
+    gram = x.T @ x + ridge * x.shape[0] * torch.eye(x.shape[1], dtype=x.dtype)
+    fit = x @ torch.linalg.solve(gram, x.T @ y)
+    total = (y**2).sum()
+    return float(1.0 - ((y - fit) ** 2).sum() / total) if total > 0 else 0.0
+
+
 @dataclass
 class ProjectorSnapshot:
     """The diagnostics at one optimizer step (``corr_*`` are None when no batch was captured, e.g. at step 0)."""
@@ -108,12 +130,15 @@ class ProjectorSnapshot:
     summary: dict[str, float] = field(default_factory=dict)
     corr_diag: float | None = None
     corr_offdiag: float | None = None
+    linear_r2: float | None = None
 
     def to_logs(self) -> dict[str, float]:
         logs = {f"{LOG_PREFIX}{k}": round(v, 6) for k, v in self.summary.items()}
         if self.corr_diag is not None:
             logs[f"{LOG_PREFIX}corr_diag"] = round(self.corr_diag, 6)
             logs[f"{LOG_PREFIX}corr_offdiag"] = round(self.corr_offdiag, 6)
+        if self.linear_r2 is not None:
+            logs[f"{LOG_PREFIX}linear_r2"] = round(self.linear_r2, 6)
         return logs
 
     @classmethod
@@ -139,18 +164,26 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
         every_n_steps: period in optimizer steps; None: the run's ``logging_steps`` (so each value is logged on
             the step it was measured).
         near_zero: a singular value below ``near_zero * largest`` counts in ``sv_near_zero_share``.
+        r2_samples: how many recent projector inputs ``linear_r2`` uses (kept on their device between
+            measurements); 0 turns it off. It is skipped while fewer than 2 x input-dim samples were seen.
 
     ``history`` holds one ``ProjectorSnapshot`` per measurement (step 0 = the initial projector, spectrum only);
     ``last_correlation`` is the latest (d_in, d_out) correlation matrix.
     """
 
-    def __init__(self, every_n_steps: int | None = None, near_zero: float = DEFAULT_NEAR_ZERO) -> None:
+    def __init__(
+        self, every_n_steps: int | None = None, near_zero: float = DEFAULT_NEAR_ZERO, r2_samples: int = 512
+    ) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 (or None for logging_steps), got {every_n_steps}.")
+        if r2_samples < 0:
+            raise ValueError(f"r2_samples must be >= 0 (0 turns linear_r2 off), got {r2_samples}.")
         if not 0.0 < near_zero < 1.0:
             raise ValueError(f"near_zero is a fraction of the largest singular value in (0, 1), got {near_zero}.")
         self.every_n_steps = every_n_steps
         self.near_zero = near_zero
+        self.r2_samples = r2_samples
+        self._recent_inputs: deque[torch.Tensor] = deque()
         self.history: list[ProjectorSnapshot] = []
         self.last_correlation: torch.Tensor | None = None
         self._pending: dict[str, float] = {}
@@ -167,6 +200,7 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
         self._hook = projector.register_forward_hook(self._capture)
+        self._recent_inputs.clear()
         if not self.history or self.history[-1].step != state.global_step:
             self.history.append(self._snapshot(projector, state.global_step))
 
@@ -204,9 +238,14 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._recent_inputs.clear()
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _capture(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if self.r2_samples > 0 and module.training:
+            self._recent_inputs.append(inputs[0].detach())
+            while sum(x.shape[0] for x in self._recent_inputs) - self._recent_inputs[0].shape[0] >= self.r2_samples:
+                self._recent_inputs.popleft()
         if self._armed and self._captured is None and module.training and isinstance(output, torch.Tensor):
             self._captured = (inputs[0].detach().float().cpu(), output.detach().float().cpu())
 
@@ -224,7 +263,19 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
             self.last_correlation = correlation
             measures = correlation_summary(correlation)
             snapshot.corr_diag, snapshot.corr_offdiag = measures["corr_diag"], measures["corr_offdiag"]
+        snapshot.linear_r2 = self._linear_r2(projector)
         return snapshot
+
+    def _linear_r2(self, projector: nn.Module) -> float | None:
+        if not self._recent_inputs:
+            return None
+        inputs = torch.cat(list(self._recent_inputs))[-self.r2_samples :]
+        if inputs.shape[0] < 2 * inputs.shape[1]:
+            return None
+        with torch.no_grad():
+            weight = projector_weight(projector)
+            outputs = projector(inputs.to(weight.dtype))
+        return linear_predictability(inputs.float().cpu(), outputs.float().cpu())
 
     @staticmethod
     def _projector(model: nn.Module | None) -> nn.Module:
@@ -245,7 +296,7 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
 
 
 def add_projector_diagnostics(
-    trainer: Any, every_n_steps: int | None = None, near_zero: float = DEFAULT_NEAR_ZERO
+    trainer: Any, every_n_steps: int | None = None, near_zero: float = DEFAULT_NEAR_ZERO, r2_samples: int = 512
 ) -> ProjectorDiagnosticsCallback:
     """Create the callback and put it FIRST among the trainer's callbacks.
 
@@ -258,6 +309,6 @@ def add_projector_diagnostics(
             "This trainer's model has no projector (feature_loss_weight=0 or not a DistillationTrainer): there is "
             "nothing to diagnose. Set feature_loss_weight > 0."
         )
-    callback = ProjectorDiagnosticsCallback(every_n_steps, near_zero)
+    callback = ProjectorDiagnosticsCallback(every_n_steps, near_zero, r2_samples)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback

@@ -82,18 +82,26 @@ def _shades(count: int) -> list[tuple[float, ...]]:
 
 
 def plot_correlation(runs: Mapping[str, History], path: str | Path) -> Path:
-    """Mean |input/output correlation| of the projector over training: diagonal and off-diagonal, all runs."""
+    """Projector input/output relation over training, all runs: mean |corr| on and off the diagonal, linear R^2."""
     histories = _check_runs(runs)
-    figure = Figure(figsize=(8.0, 3.2), layout="constrained")
-    diag_ax, off_ax = figure.subplots(1, 2, sharex=True)
+    figure = Figure(figsize=(11.0, 3.2), layout="constrained")
+    diag_ax, off_ax, r2_ax = figure.subplots(1, 3, sharex=True)
     for name, history in histories.items():
         points = [(s.step, s.corr_diag, s.corr_offdiag) for s in history if s.corr_diag is not None]
-        if not points:
-            continue
-        steps, diag, off = (np.array(column) for column in zip(*points, strict=True))
-        (line,) = diag_ax.plot(steps, diag, marker=".", label=name)
-        off_ax.plot(steps, off, marker=".", color=line.get_color(), label=name)
-    for ax, title in ((diag_ax, "mean |corr|, diagonal (in i vs out i)"), (off_ax, "mean |corr|, off-diagonal")):
+        r2 = [(s.step, s.linear_r2) for s in history if s.linear_r2 is not None]
+        color = None
+        if points:
+            steps, diag, off = (np.array(column) for column in zip(*points, strict=True))
+            (line,) = diag_ax.plot(steps, diag, marker=".", label=name)
+            color = line.get_color()
+            off_ax.plot(steps, off, marker=".", color=color, label=name)
+        if r2:
+            r2_ax.plot(*zip(*r2, strict=True), marker=".", color=color, label=name)
+    for ax, title in (
+        (diag_ax, "mean |corr|, diagonal (in i vs out i)"),
+        (off_ax, "mean |corr|, off-diagonal"),
+        (r2_ax, "linear R$^2$ of output from input"),
+    ):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

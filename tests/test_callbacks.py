@@ -17,6 +17,7 @@ from hf_projkd.callbacks import (
     add_projector_diagnostics,
     correlation_summary,
     effective_rank,
+    linear_predictability,
     spectrum_summary,
     standardised_cross_correlation,
 )
@@ -69,6 +70,31 @@ def test_identity_projection_keeps_diagonal_random_rotation_spreads_it() -> None
         standardised_cross_correlation(x, x[:10])
 
 
+def test_linear_r2_is_one_for_linear_projectors_and_lower_for_mlp() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    torch.manual_seed(0)
+    linear, mlp = nn.Linear(16, 24), nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24))
+    with torch.no_grad():
+        assert linear_predictability(x, linear(x)) == pytest.approx(1.0, abs=1e-3)
+        assert linear_predictability(x, mlp(x)) < 0.9
+    noise = torch.randn(600, 24, generator=g)
+    assert linear_predictability(x, noise) < 0.1  # ~ d_in / N by chance
+    with pytest.raises(ValueError, match="more samples than input dims"):
+        linear_predictability(x[:16], noise[:16])
+
+    # the callback keeps the last ~r2_samples projector inputs from the hook and pushes them through the projector
+    for projector, low, high in ((linear, 0.999, 1.0), (mlp, 0.0, 0.9)):
+        callback = ProjectorDiagnosticsCallback(every_n_steps=1, r2_samples=256)
+        projector.train()
+        for start in range(0, 600, 50):
+            callback._capture(projector, (x[start : start + 50],), projector(x[start : start + 50]))
+        kept = sum(batch.shape[0] for batch in callback._recent_inputs)
+        assert 256 <= kept < 256 + 50
+        value = callback._snapshot(projector, step=1).linear_r2
+        assert low <= value <= high + 1e-6
+
+
 def _trainer(tmp_path: Path, **overrides) -> DistillationTrainer:
     args = make_args(tmp_path, **{"max_steps": 4, "logging_steps": 2, **overrides})
     return DistillationTrainer(
@@ -96,7 +122,7 @@ def test_callback_logs_through_trainer_and_keeps_history(tmp_path: Path) -> None
 
     assert [s.step for s in callback.history] == [0, 2, 4]  # every logging_steps, plus the initial projector
     assert callback.history[0].singular_values == pytest.approx(initial, rel=1e-5)
-    assert callback.history[0].corr_diag is None  # no batch seen yet at step 0
+    assert callback.history[0].corr_diag is None and callback.history[0].linear_r2 is None  # no batch at step 0
     final = torch.linalg.svdvals(projector_weight(trainer.model.projector).detach()).tolist()
     assert callback.history[-1].singular_values == pytest.approx(final, rel=1e-5)
     assert callback.history[-1].singular_values != pytest.approx(initial, rel=1e-3)  # the projector trained

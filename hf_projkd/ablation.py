@@ -1,0 +1,412 @@
+"""The paper's ablations on a CIFAR run budget: normalisation, projector and feature loss, with diagnostics.
+
+Arms (all CE + 2 x feature loss, the ``srd`` preset of ``recipes_cifar.METHOD_PRESETS``, so that only the
+feature term differs from the ``ce`` reference; CRD protocol for everything else):
+
+- normalisation: none / L2 / batch norm, with a linear projector and the LogSum loss;
+- projector: linear / MLP, with batch norm and LogSum;
+- loss: L2 (MSE) / smooth-L1 / LogSum, with batch norm and a linear projector.
+
+The batch-norm + linear + LogSum arm (SRD) is shared by the three groups. Every arm starts from the same student
+and projector initialisation, sees the same images in the same order and the same augmentations: the random
+crops and flips are drawn ONCE (one view per image and epoch), and the teacher's outputs on those views are
+computed once and reused by every arm (``CachedTeacherTrainer``). That is the same training signal as on-the-fly
+augmentation, removes between-arm noise from data order and augmentation, and removes the teacher forward (the
+dominant cost on a CPU) from every arm but the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+
+from .callbacks import add_projector_diagnostics
+from .config import DistillationArguments
+from .data.cifar import CifarCollator, CifarTensorDataset, DecodedImages, random_crop_flip
+from .features import FeatureExtractor, ModelFeatures
+from .plotting import plot_correlation, plot_correlation_matrices, plot_singular_values
+from .recipes_cifar import (
+    CRD_PROTOCOL,
+    METHOD_PRESETS,
+    CifarClassifierTrainer,
+    CifarData,
+    CifarDistillationTrainer,
+    CifarRecipeArguments,
+    build_student,
+    input_statistics,
+    load_cifar_data,
+    load_teacher,
+)
+
+#: Feature-term settings of each arm; everything else is shared.
+ARMS: dict[str, dict[str, str]] = {
+    "srd (bn, linear, logsum)": {"feature_norm": "batchnorm", "projector": "linear", "feature_loss": "logsum"},
+    "norm none": {"feature_norm": "none", "projector": "linear", "feature_loss": "logsum"},
+    "norm l2": {"feature_norm": "l2", "projector": "linear", "feature_loss": "logsum"},
+    "projector mlp": {"feature_norm": "batchnorm", "projector": "mlp", "feature_loss": "logsum"},
+    "loss l2": {"feature_norm": "batchnorm", "projector": "linear", "feature_loss": "l2"},
+    "loss smooth_l1": {"feature_norm": "batchnorm", "projector": "linear", "feature_loss": "smooth_l1"},
+}
+CE_ARM = "ce (no teacher)"
+SRD_ARM = "srd (bn, linear, logsum)"
+#: The paper's three ablations as (title, varied field, arms in plotting order).
+GROUPS: dict[str, tuple[str, list[str]]] = {
+    "normalisation": ("feature_norm", ["norm none", "norm l2", SRD_ARM]),
+    "projector": ("projector", [SRD_ARM, "projector mlp"]),
+    "loss": ("feature_loss", ["loss l2", "loss smooth_l1", SRD_ARM]),
+}
+
+
+@dataclass
+class AblationOptions:
+    """Budget and inputs of the ablation (the recipe ``recipes/ablation.py`` parses these from the CLI)."""
+
+    data: str | None = field(
+        default=None, metadata={"help": "CIFAR-10 parquet folder (e.g. ../shared/data/cifar10-jpeg) or Hub id."}
+    )
+    teacher: str | None = field(
+        default=None, metadata={"help": "Teacher folder/id or CIFAR-10 ResNet .safetensors file."}
+    )
+    output_dir: str = field(default="ablation_output", metadata={"help": "Where the table, JSON and PNGs go."})
+    prefix: str = field(default="ablation_cifar10", metadata={"help": "File name prefix of the outputs."})
+    student: str = field(default="resnet8", metadata={"help": "CIFAR architecture of the from-scratch student."})
+    arms: list[str] = field(
+        default_factory=lambda: [CE_ARM, *ARMS], metadata={"help": f"Arms to run: {[CE_ARM, *ARMS]}."}
+    )
+    train_samples: int = field(default=4000, metadata={"help": "Fixed random train subset (seed 0)."})
+    eval_samples: int = field(default=2000, metadata={"help": "First N test images."})
+    epochs: int = field(default=3, metadata={"help": "Epochs = pre-drawn augmented views per training image."})
+    seed: int = field(default=0, metadata={"help": "Seed of the student/projector init, data order and views."})
+    every_n_steps: int = field(default=10, metadata={"help": "Diagnostics period (optimizer steps)."})
+    batch_size: int = field(default=64, metadata={"help": "Per-device train batch (CRD protocol: 64)."})
+    learning_rate: float = field(default=0.05, metadata={"help": "SGD learning rate (CRD protocol: 0.05)."})
+    command: str = field(default="", metadata={"help": "The command line, written into the markdown."})
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.teacher:
+            raise ValueError(
+                f"The ablation needs data and teacher, got data={self.data!r}, teacher={self.teacher!r}: pass the "
+                "CIFAR-10 folder/id and the teacher (e.g. a cifar10_resnet56.safetensors file)."
+            )
+        unknown = [a for a in self.arms if a != CE_ARM and a not in ARMS]
+        if unknown:
+            raise ValueError(f"Unknown ablation arms {unknown}: expected some of {[CE_ARM, *ARMS]}.")
+        if self.epochs < 1 or self.train_samples < 2 * self.batch_size:
+            raise ValueError(
+                f"Need epochs >= 1 and train_samples >= 2 batches ({2 * self.batch_size}), got epochs={self.epochs}, "
+                f"train_samples={self.train_samples}."
+            )
+
+
+# -- pre-drawn views and cached teacher outputs -------------------------------------------------------------------
+def draw_views(images: DecodedImages, epochs: int, seed: int, padding: int = 4) -> DecodedImages:
+    """``epochs`` random crop+flip views of every image, drawn once (CRD augmentation), stacked epoch-major."""
+    generator = torch.Generator().manual_seed(seed)
+    views = [random_crop_flip(images.pixels, padding, True, generator) for _ in range(epochs)]
+    return DecodedImages(torch.cat(views), images.labels.repeat(epochs))
+
+
+@torch.no_grad()
+def teacher_outputs(
+    teacher: nn.Module, images: DecodedImages, collator: CifarCollator, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher (logits, pooled features) for every image, with the teacher's own input normalisation."""
+    extractor = FeatureExtractor(teacher.eval())
+    dataset = CifarTensorDataset(images)
+    logits, features = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collator(dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset))))))
+        inputs = batch.get("teacher_pixel_values", batch["pixel_values"]).contiguous(memory_format=torch.channels_last)
+        out = extractor(inputs)
+        logits.append(out.logits.float())
+        features.append(out.features.float())
+    return torch.cat(logits), torch.cat(features)
+
+
+class CachedTeacherDataset(TorchDataset):
+    """Pre-drawn views with their teacher outputs: items ``pixel_values`` (uint8), ``labels``, ``teacher_*``."""
+
+    def __init__(self, views: DecodedImages, logits: torch.Tensor, features: torch.Tensor) -> None:
+        if not len(views) == logits.shape[0] == features.shape[0]:
+            raise ValueError(
+                f"{len(views)} views but {logits.shape[0]} teacher logits and {features.shape[0]} features: compute "
+                "the teacher outputs on exactly these views (teacher_outputs(teacher, views, collator))."
+            )
+        self.views, self.logits, self.features = views, logits, features
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        rows = zip(self.views.pixels[index], self.views.labels[index], self.logits[index], self.features[index],
+                   strict=True)
+        return [{"pixel_values": p, "labels": y, "teacher_logits": t, "teacher_features": f} for p, y, t, f in rows]
+
+
+class CachedTeacherCollator(CifarCollator):
+    """``CifarCollator`` that also stacks cached ``teacher_logits`` / ``teacher_features`` when items carry them."""
+
+    def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(features)
+        for key in ("teacher_logits", "teacher_features"):
+            if key in features[0]:
+                batch[key] = torch.stack([f[key] for f in features])
+        return batch
+
+
+class CachedTeacherTrainer(CifarDistillationTrainer):
+    """``CifarDistillationTrainer`` that takes the teacher's outputs from the batch instead of running the teacher.
+
+    Batches without ``teacher_logits``/``teacher_features`` (e.g. evaluation) take the normal path.
+    """
+
+    _cached_teacher: ModelFeatures | None = None
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        logits, features = inputs.pop("teacher_logits", None), inputs.pop("teacher_features", None)
+        if logits is not None and features is not None:
+            self._cached_teacher = ModelFeatures(logits, features, logits, logits)
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._cached_teacher = None
+
+    def teacher_forward(self, pixel_values: torch.Tensor) -> ModelFeatures:
+        if self._cached_teacher is not None:
+            return self._cached_teacher
+        return super().teacher_forward(pixel_values)
+
+
+# -- one arm ------------------------------------------------------------------------------------------------------
+@dataclass
+class AblationSetup:
+    """What every arm shares: data, views, cached teacher outputs, statistics."""
+
+    data: CifarData
+    train: CachedTeacherDataset
+    teacher: nn.Module
+    student_stats: tuple[tuple[float, ...], tuple[float, ...]]
+    info: dict[str, Any]
+
+
+def prepare(options: AblationOptions, log: Callable[[str], None] = print) -> AblationSetup:
+    """Load data and teacher, draw the views, compute the teacher outputs once, and the teacher's top-1."""
+    start = time.perf_counter()
+    recipe = CifarRecipeArguments(
+        method="srd", student=options.student, teacher=options.teacher, dataset=options.data,
+        max_train_samples=options.train_samples, max_eval_samples=options.eval_samples,
+    )
+    data = load_cifar_data(recipe)
+    teacher = load_teacher(options.teacher).to(memory_format=torch.channels_last)
+    student_stats = (recipe.mean, recipe.std)
+    collator = CifarCollator(*student_stats, *(input_statistics(teacher) or student_stats))
+    views = draw_views(data.train, options.epochs, options.seed)
+    logits, features = teacher_outputs(teacher, views, collator)
+    eval_logits, _ = teacher_outputs(teacher, data.eval, collator)
+    info = {
+        "teacher": Path(options.teacher).stem,
+        "teacher_top1": round(100.0 * (eval_logits.argmax(-1) == data.eval.labels).float().mean().item(), 2),
+        "teacher_agreement_on_views": round(100.0 * (logits.argmax(-1) == views.labels).float().mean().item(), 2),
+        "train_samples": len(data.train),
+        "eval_samples": len(data.eval),
+        "views": len(views),
+        "teacher_feature_dim": features.shape[1],
+        "prepare_seconds": round(time.perf_counter() - start, 1),
+    }
+    log(json.dumps(info))
+    return AblationSetup(data, CachedTeacherDataset(views, logits, features), teacher, student_stats, info)
+
+
+def arm_arguments(name: str, options: AblationOptions, output_dir: str) -> DistillationArguments:
+    """CRD protocol + the ``srd`` preset (or ``ce``) + the arm's feature settings, one epoch over all views."""
+    preset = METHOD_PRESETS["ce" if name == CE_ARM else "srd"]
+    values = {**CRD_PROTOCOL, **preset, **ARMS.get(name, {})}
+    values.update(
+        output_dir=output_dir, num_train_epochs=1, seed=options.seed, use_cpu=True, disable_tqdm=True,
+        logging_steps=options.every_n_steps, per_device_train_batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+    )
+    return DistillationArguments(**values)
+
+
+def run_arm(name: str, setup: AblationSetup, options: AblationOptions) -> dict[str, Any]:
+    """Train one arm from the shared initialisation, evaluate it, and return accuracy + diagnostics."""
+    start = time.perf_counter()
+    data = setup.data
+    torch.manual_seed(options.seed)  # same student (and projector) initialisation in every arm
+    student = build_student(options.student, data.num_labels, *setup.student_stats, data.id2label)
+    student = student.to(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory() as folder:
+        args = arm_arguments(name, options, folder)
+        kwargs: dict[str, Any] = {
+            "train_dataset": setup.train,
+            "eval_dataset": CifarTensorDataset(data.eval),
+            "data_collator": CachedTeacherCollator(*setup.student_stats),
+        }
+        if name == CE_ARM:
+            trainer = CifarClassifierTrainer(model=student, args=args, **kwargs)
+            callback = None
+        else:
+            trainer = CachedTeacherTrainer(
+                model=student, teacher_model=setup.teacher, args=args, input_size=(3, 32, 32), **kwargs
+            )
+            callback = add_projector_diagnostics(trainer, options.every_n_steps)
+        schedule = CifarRecipeArguments()  # CRD step decay at its default fractions of the run
+        trainer.lr_decay_at, trainer.lr_decay_rate = schedule.decay_fractions, schedule.lr_decay_rate
+        output = trainer.train()
+        metrics = trainer.evaluate()
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    result = {
+        "arm": name,
+        **({"feature_norm": "-", "projector": "-", "feature_loss": "-"} if name == CE_ARM else ARMS[name]),
+        "top1": round(metrics["eval_top1"], 2),
+        "top5": round(metrics["eval_top5"], 2),
+        "steps": output.global_step,
+        "train_loss": round(output.training_loss, 4),
+        "last_train_log": train_logs[-1] if train_logs else {},
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "history": callback.history_dicts() if callback else [],
+        "last_correlation": callback.last_correlation.tolist() if callback and callback.last_correlation is not None
+        else None,
+    }
+    return result
+
+
+# -- the whole ablation ---------------------------------------------------------------------------------------------
+def machine() -> str:
+    return (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, python {platform.python_version()}"
+    )
+
+
+def run_ablation(options: AblationOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every arm; after each, rewrite ``<prefix>.json``, ``<prefix>.md`` and the PNGs in ``output_dir``."""
+    start = time.perf_counter()
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    setup = prepare(options, log)
+    report: dict[str, Any] = {"options": asdict(options), "setup": setup.info, "machine": machine(), "runs": []}
+    for name in options.arms:
+        result = run_arm(name, setup, options)
+        report["runs"].append(result)
+        log(json.dumps({k: v for k, v in result.items() if k not in ("history", "last_correlation")}))
+        done = len(report["runs"]) == len(options.arms)
+        report["total_minutes"] = round((time.perf_counter() - start) / 60, 1)
+        report["complete"] = done
+        write_outputs(report, output_dir, options.prefix)
+    return report
+
+
+def write_outputs(report: dict[str, Any], output_dir: Path, prefix: str) -> list[Path]:
+    """JSON (everything, histories included), the PNGs, and the markdown table that links them."""
+    json_path = output_dir / f"{prefix}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    runs = {r["arm"]: r for r in report["runs"]}
+    images: dict[str, Path] = {}
+    for group, (_, arms) in GROUPS.items():
+        present = {a: runs[a]["history"] for a in arms if a in runs and runs[a]["history"]}
+        if present:
+            images[f"spectrum_{group}"] = plot_singular_values(present, output_dir / f"{prefix}_spectrum_{group}.png")
+    histories = {a: r["history"] for a, r in runs.items() if r["history"]}
+    if histories:
+        images["correlation"] = plot_correlation(histories, output_dir / f"{prefix}_correlation.png")
+        matrices = {a: r["last_correlation"] for a, r in runs.items() if r["last_correlation"] is not None}
+        images["matrices"] = plot_correlation_matrices(matrices, output_dir / f"{prefix}_correlation_matrices.png")
+    md_path = output_dir / f"{prefix}.md"
+    md_path.write_text(markdown(report, {k: p.name for k, p in images.items()}))
+    return [json_path, md_path, *images.values()]
+
+
+def _final(run: dict[str, Any], key: str) -> str:
+    history = run["history"]
+    if not history:
+        return "-"
+    last = history[-1]
+    value = last["summary"].get(key) if key in last["summary"] else last.get(key)
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f} %" if key == "sv_near_zero_share" else f"{value:.3g}"
+
+
+def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
+    """The results page: command, machine, budget, one table per ablation group, and the figures."""
+    options, setup = report["options"], report["setup"]
+    runs = {r["arm"]: r for r in report["runs"]}
+    status = "complete" if report.get("complete") else "IN PROGRESS (partial)"
+    lines = [
+        "# Ablations on CIFAR-10: normalisation, projector, feature loss (CPU budget)",
+        "",
+        f"Command: `{options['command'] or '(not recorded)'}`",
+        "",
+        f"Machine: {report['machine']}. The 2 cores were shared with other jobs while this ran, so wall times are "
+        "upper bounds.",
+        "",
+        f"Budget and setup: teacher {setup['teacher']} (top-1 {setup['teacher_top1']:.2f} % on the "
+        f"{setup['eval_samples']} evaluation images), student {options['student']} from scratch, ONE seed "
+        f"({options['seed']}), {setup['train_samples']} training images (fixed random subset) x {options['epochs']} "
+        f"pre-drawn crop+flip views = {setup['views']} samples, one pass in batches of {options['batch_size']}, "
+        f"evaluation on the first {setup['eval_samples']} test images with the final weights. CRD protocol (SGD "
+        f"0.9, lr {options['learning_rate']}, wd 5e-4, lr x0.1 at 62.5/75/87.5 % of the steps). Loss: CE + 2 x "
+        "feature loss (the `srd` preset, no KL term), only the feature settings differ; every arm starts from the "
+        "same initialisation and sees the same batches, with teacher outputs computed once "
+        f"({setup['prepare_seconds']:.0f} s). Diagnostics every {options['every_n_steps']} steps. "
+        f"Total wall time {report.get('total_minutes', 0):.1f} min ({status}).",
+        "",
+        "Columns: top-1 on the eval images; the projector's final singular-value spectrum (effective rank, share "
+        "of values below 1 % of the largest, smallest/largest value; for the MLP, its last layer); the mean "
+        "absolute input/output correlation of the projector on the last measured batch (diagonal / off-diagonal); "
+        "linear R2: share of the projector's standardised output variance a linear map of its input explains "
+        "(512 recent inputs through the final projector; 1 for any full-rank linear projector).",
+        "",
+    ]
+    header = ("| arm | norm | projector | loss | top-1 (%) | eff. rank | near-zero | sv min / top | corr diag / off "
+              "| linear R2 | steps | wall s |")
+    for group, (varied, arms) in GROUPS.items():
+        lines += [f"## {group} (varies `{varied}`)", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for arm in [CE_ARM, *arms] if CE_ARM in runs else arms:
+            if arm in runs:
+                lines.append(_row(runs[arm]))
+        lines.append("")
+    for key, title in (
+        ("spectrum_normalisation", "Singular values of W over training, normalisation arms"),
+        ("spectrum_projector", "Singular values over training, linear vs MLP projector (MLP: last layer)"),
+        ("spectrum_loss", "Singular values over training, loss arms"),
+        ("correlation", "Projector input/output correlation over training, all arms"),
+        ("matrices", "Final |input/output correlation| matrices"),
+    ):
+        if key in images:
+            lines += [f"![{title}]({images[key]})", ""]
+    return "\n".join(lines)
+
+
+def _row(run: dict[str, Any]) -> str:
+    sv = "-" if not run["history"] else f"{_final(run, 'sv_min')} / {_final(run, 'sv_top')}"
+    corr = "-" if not run["history"] else f"{_final(run, 'corr_diag')} / {_final(run, 'corr_offdiag')}"
+    return (
+        f"| {run['arm']} | {run['feature_norm']} | {run['projector']} | {run['feature_loss']} | {run['top1']:.2f} | "
+        f"{_final(run, 'effective_rank')} | {_final(run, 'sv_near_zero_share')} | {sv} | {corr} | "
+        f"{_final(run, 'linear_r2')} | {run['steps']} | "
+        f"{run['wall_seconds']:.0f} |"
+    )

@@ -1,0 +1,127 @@
+"""Ablation: cached teacher outputs give the same loss as running the teacher, and the recipe runs end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_args
+
+from hf_projkd.ablation import (
+    ARMS,
+    CE_ARM,
+    SRD_ARM,
+    AblationOptions,
+    CachedTeacherCollator,
+    CachedTeacherDataset,
+    CachedTeacherTrainer,
+    draw_views,
+    teacher_outputs,
+)
+from hf_projkd.data.cifar import CifarCollator, DecodedImages
+from hf_projkd.features import FeatureExtractor
+from hf_projkd.models import CIFAR10_RESNET_MEAN, CIFAR10_RESNET_STD, CIFAR100_MEAN, CIFAR100_STD, create_cifar_model
+from hf_projkd.recipes_cifar import CifarDistillationTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CIFAR10 = SHARED / "data" / "cifar10-jpeg"
+RESNET20 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet20.safetensors"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _images(n: int = 16, seed: int = 0) -> DecodedImages:
+    g = torch.Generator().manual_seed(seed)
+    return DecodedImages(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                         torch.randint(0, 10, (n,), generator=g))
+
+
+def test_views_are_drawn_once_per_epoch_and_reproducible() -> None:
+    images = _images(8)
+    views = draw_views(images, epochs=3, seed=5)
+    assert views.pixels.shape == (24, 3, 32, 32) and views.pixels.dtype == torch.uint8
+    assert torch.equal(views.labels, images.labels.repeat(3))
+    assert torch.equal(views.pixels, draw_views(images, epochs=3, seed=5).pixels)
+    assert not torch.equal(views.pixels[:8], views.pixels[8:16])  # a fresh crop/flip per epoch
+
+
+def test_cached_teacher_outputs_give_the_same_loss_without_running_the_teacher(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = create_cifar_model("resnet20", num_labels=10, image_mean=CIFAR10_RESNET_MEAN,
+                                 image_std=CIFAR10_RESNET_STD).eval()
+    student = create_cifar_model("resnet8", num_labels=10, image_mean=CIFAR100_MEAN, image_std=CIFAR100_STD)
+    images = _images(16)
+    plain = CifarCollator(CIFAR100_MEAN, CIFAR100_STD, CIFAR10_RESNET_MEAN, CIFAR10_RESNET_STD)
+    logits, features = teacher_outputs(teacher, images, plain, batch_size=6)  # batches of 6: 3 chunks
+    batch = plain(_items(images))
+    direct = FeatureExtractor(teacher)(batch["teacher_pixel_values"])
+    assert torch.allclose(logits, direct.logits, atol=1e-5) and torch.allclose(features, direct.features, atol=1e-5)
+
+    args = make_args(tmp_path, logit_loss="kl", feature_loss_weight=2.0, per_device_train_batch_size=16)
+    cached_batch = CachedTeacherCollator(CIFAR100_MEAN, CIFAR100_STD)(
+        CachedTeacherDataset(images, logits, features).__getitems__(list(range(16)))
+    )
+    assert set(cached_batch) == {"pixel_values", "labels", "teacher_logits", "teacher_features"}
+    cached = CachedTeacherTrainer(model=student, teacher_model=teacher, args=args, input_size=(3, 32, 32))
+    reference = CifarDistillationTrainer(model=student, teacher_model=teacher, args=args, input_size=(3, 32, 32))
+    # same projector in both, so the two losses must agree exactly up to float noise
+    reference.model.projector.load_state_dict(cached.model.projector.state_dict())
+    calls: list[int] = []
+    hook = teacher.register_forward_hook(lambda *_: calls.append(1))
+    cached.model.train()
+    loss_cached, out_cached = cached.compute_loss(cached.model, dict(cached_batch), return_outputs=True)
+    assert calls == []  # the teacher did not run
+    reference.model.train()
+    loss_reference, out_reference = reference.compute_loss(reference.model, dict(batch), return_outputs=True)
+    hook.remove()
+    assert calls == [1]
+    assert loss_cached.item() == pytest.approx(loss_reference.item(), rel=1e-4)
+    assert out_cached.loss_feature.item() == pytest.approx(out_reference.loss_feature.item(), rel=1e-4)
+    assert out_cached.loss_logit.item() == pytest.approx(out_reference.loss_logit.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="teacher outputs on exactly these views"):
+        CachedTeacherDataset(images, logits[:3], features)
+
+
+def _items(images: DecodedImages) -> list[dict[str, torch.Tensor]]:
+    return [{"pixel_values": p, "labels": y} for p, y in zip(images.pixels, images.labels, strict=True)]
+
+
+def test_options_refuse_unknown_arms_and_missing_inputs() -> None:
+    with pytest.raises(ValueError, match="Unknown ablation arms"):
+        AblationOptions(data="d", teacher="t", arms=["norm batch"])
+    with pytest.raises(ValueError, match="needs data and teacher"):
+        AblationOptions()
+
+
+@pytest.mark.skipif(not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 and ResNet20")
+def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "recipes" / "ablation.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    arms = [CE_ARM, SRD_ARM, "norm none"]
+    report = recipe.main([
+        "--teacher", str(RESNET20), "--output_dir", str(tmp_path), "--train_samples", "128", "--epochs", "1",
+        "--eval_samples", "64", "--every_n_steps", "1", "--arms", *arms,
+    ])
+    assert report["complete"] and [r["arm"] for r in report["runs"]] == arms
+    assert report["setup"]["views"] == 128 and report["setup"]["teacher_feature_dim"] == 64
+    srd = report["runs"][1]
+    assert srd["steps"] == 2 and [s["step"] for s in srd["history"]] == [0, 1, 2]
+    assert srd["history"][-1]["corr_diag"] is not None and len(srd["history"][-1]["singular_values"]) == 64
+    assert "loss_feature" in srd["last_train_log"] and "projector/effective_rank" in srd["last_train_log"]
+    assert report["runs"][0]["history"] == []  # the CE reference has no projector
+    for run in report["runs"]:
+        assert 0.0 <= run["top1"] <= 100.0
+    saved = json.loads((tmp_path / "ablation_cifar10.json").read_text())
+    assert saved["runs"][2]["feature_norm"] == ARMS["norm none"]["feature_norm"] == "none"
+    text = (tmp_path / "ablation_cifar10.md").read_text()
+    assert "## normalisation" in text and "| norm none | none | linear | logsum |" in text
+    assert "python recipes/ablation.py --teacher" in text
+    links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert "ablation_cifar10_spectrum_normalisation.png" in links and "ablation_cifar10_correlation.png" in links
+    for link in links:
+        data = (tmp_path / link).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, link
