@@ -157,6 +157,11 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert len(logs) == 2 and all(math.isfinite(e["loss_feature"]) and e["loss_logit"] >= 0 for e in logs)
     assert trainer.model.projector.in_features == 32 and trainer.model.projector.out_features == 368
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert "projector.weight" in decayed and "projector.bias" not in decayed
+    assert not any(n.endswith(("cls_token", "distillation_token", "position_embeddings", "bias")) for n in decayed)
+    assert not any("layernorm" in n for n in decayed)
     assert 0.0 <= result.metrics["eval_top1"] <= 100.0 and result.teacher_metrics is not None
 
     files = {p.name for p in out.iterdir() if p.is_file()}
