@@ -192,7 +192,7 @@ class DistillationTrainer(StudentHubMixin, Trainer):
 
         First stops the run if the loss went NaN/inf since the last log (``NonFiniteLossGuard``).
         """
-        self._loss_guard.check(self.state.global_step, self.args.output_dir)
+        self._check_finite_loss()
         if "loss" in logs and self._component_steps:
             for name, total in self._component_sums.items():
                 mean = self.accelerator.reduce(total / self._component_steps, reduction="mean")
@@ -228,6 +228,12 @@ class DistillationTrainer(StudentHubMixin, Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def _check_finite_loss(self) -> None:
+        """Stops every process together if the loss went NaN/inf on any of them since the last check."""
+        self._loss_guard.check(
+            self.state.global_step, self.args.output_dir, lambda flags: self.accelerator.reduce(flags, "sum")
+        )
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest COMPLETE checkpoint, and a path to an
         incomplete (killed mid-save) or truncated one is refused with the name of the one to use instead."""
@@ -237,7 +243,7 @@ class DistillationTrainer(StudentHubMixin, Trainer):
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Refuses to save a diverged model; marks the checkpoint complete last, and only then rotates old ones,
         so a kill at any moment leaves the previous checkpoint intact and resumable."""
-        self._loss_guard.check(self.state.global_step, self.args.output_dir)
+        self._check_finite_loss()
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             unmark_checkpoint(folder)

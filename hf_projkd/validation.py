@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -198,9 +198,19 @@ class NonFiniteLossGuard:
             bad = ~torch.isfinite(value.detach()).all()
             self._bad[name] = bad if name not in self._bad else self._bad[name] | bad
 
-    def check(self, step: int, output_dir: str | None = None) -> None:
-        """Raise ``NonFiniteLossError`` naming the component(s) if any was NaN/inf since the last check."""
-        bad = [name for name, flag in self._bad.items() if bool(flag)]
+    def check(
+        self, step: int, output_dir: str | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        """Raise ``NonFiniteLossError`` naming the component(s) if any was NaN/inf since the last check.
+
+        ``reduce`` (a sum over processes) makes every process see the same flags and stop together, instead of
+        one raising while the others wait in the next collective.
+        """
+        names = sorted(self._bad)
+        flags = torch.stack([self._bad[name] for name in names]).int() if names else None
+        if flags is not None and reduce is not None:
+            flags = reduce(flags)
+        bad = [name for name, flag in zip(names, flags.tolist() if flags is not None else [], strict=True) if flag]
         self._bad = {}
         if not bad:
             self.checked_step = step

@@ -38,7 +38,12 @@ from hf_projkd.data import (
     without_decoding,
 )
 from hf_projkd.features import ModelFeatures, probe_dims
-from hf_projkd.validation import NonFiniteLossError, TeacherInputNormalizer, input_normalization
+from hf_projkd.validation import (
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    TeacherInputNormalizer,
+    input_normalization,
+)
 
 
 def _trainer(tmp_path, student=None, teacher=None, dataset=None, **overrides) -> DistillationTrainer:
@@ -256,6 +261,21 @@ def test_non_finite_loss_stops_names_the_component_and_keeps_the_last_good_check
     state = load_file(checkpoint / "distillation_state.safetensors")
     assert all(torch.isfinite(v.float()).all() for v in state.values())
     assert all(torch.isfinite(v).all() for v in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_non_finite_loss_on_another_process_stops_this_one_too():
+    """In DDP each process sees its own loss: the flags are summed over processes so that all stop together."""
+    guard = NonFiniteLossGuard()
+    guard.observe({"loss": torch.tensor(1.0), "loss_ce": torch.tensor(0.5), "loss_feature": torch.tensor(0.2)})
+    other_process = torch.tensor([0, 0, 1])  # sorted names: loss, loss_ce, loss_feature
+    with pytest.raises(NonFiniteLossError, match=r"between steps 0 and 5, in loss_feature\."):
+        guard.check(5, reduce=lambda flags: flags + other_process)
+    guard.observe({"loss": torch.tensor(float("inf"))})
+    with pytest.raises(NonFiniteLossError, match=r"in loss \(the weighted sum; every component was finite\)"):
+        guard.check(6)
+    guard.observe({"loss": torch.tensor(1.0)})
+    guard.check(7, reduce=lambda flags: flags)
+    assert guard.checked_step == 7
 
 
 def test_a_crash_before_the_manifest_keeps_the_previous_checkpoint_despite_save_total_limit(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ MUTATIONS = [
     ("bn batch of 1", "hf_projkd/validation.py", "    batch = args.per_device_train_batch_size\n", "    return\n",
      "batch_of_one"),
     ("non-finite guard", "hf_projkd/validation.py",
-     "        bad = [name for name, flag in self._bad.items() if bool(flag)]\n", "        bad = []\n", "non_finite"),
+     "        names = sorted(self._bad)\n", "        names = []\n", "non_finite"),
     ("manifest check on resume", "hf_projkd/checkpointing.py",
      "    return str(verify_checkpoint(resume_from_checkpoint))\n", "    return str(resume_from_checkpoint)\n",
      "truncated_checkpoint"),
