@@ -55,6 +55,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--output", default=str(RESULTS / "cifar10_mini_cpu.md"))
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (for the full-data GPU version).")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads; 1 is several times faster when other jobs share the cores (less spin-waiting).",
@@ -74,6 +75,8 @@ def teacher_top1(teacher: torch.nn.Module, dataset: CifarTensorDataset, collator
 
 
 def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, python {platform.python_version()}"
     return (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, python {platform.python_version()}"
@@ -82,12 +85,11 @@ def machine() -> str:
 
 def write_markdown(path: Path, argv: str, setup: dict, runs: list[dict], elapsed: float, done: bool) -> None:
     lines = [
-        "# CIFAR-10 (JPEG q75) mini benchmark on CPU",
+        f"# CIFAR-10 (JPEG q75) benchmark on {'GPU' if torch.cuda.is_available() else 'CPU'}",
         "",
         f"Command: `{argv}`",
         "",
-        f"Machine: {machine()}. The 2 cores were shared with other jobs while this ran, so wall times are upper",
-        "bounds.",
+        f"Machine: {machine()}. On CPU the cores were shared with other jobs, so wall times are upper bounds.",
         "",
         f"Setup: teacher {setup['teacher_name']} (top-1 {setup['teacher_top1']:.2f} % on the {setup['eval_samples']} "
         f"evaluation images; 83.20 % on the full test split), student {setup['student']} from scratch, "
@@ -148,8 +150,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 values = {**CRD_PROTOCOL, **METHOD_PRESETS[method]}
                 values.update(
-                    output_dir=folder, num_train_epochs=options.epochs, seed=seed, use_cpu=True, disable_tqdm=True,
-                    logging_steps=25,
+                    output_dir=folder, num_train_epochs=options.epochs, seed=seed, disable_tqdm=True, logging_steps=25,
+                    use_cpu=not torch.cuda.is_available(), bf16=options.bf16,
                 )
                 args = DistillationArguments(**values)
                 run_recipe = CifarRecipeArguments(**{**vars(recipe), "method": method})
