@@ -33,7 +33,7 @@ from transformers import (
 
 from .cli import parse_recipe_args
 from .config import DistillationArguments
-from .data.imagenet import ImageData, ImageNetDataArguments, load_imagenet
+from .data.imagenet import ImageData, ImageNetDataArguments, RepeatedAugmentationSampler, load_imagenet
 from .features import is_timm_model
 from .hub import MeasuredResult
 from .loading import load_image_classifier
@@ -170,11 +170,20 @@ class RecipeTrainer(DistillationTrainer):
     """``DistillationTrainer`` + a separate eval collator (no Mixup at evaluation) + the epoch step schedule."""
 
     def __init__(self, *args: Any, eval_data_collator: Any = None, milestone_steps: list[int] | None = None,
-                 lr_step_gamma: float = 0.1, **kwargs: Any) -> None:
+                 lr_step_gamma: float = 0.1, repeated_augmentation: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.milestone_steps = milestone_steps
         self.lr_step_gamma = lr_step_gamma
+        self.repeated_augmentation = repeated_augmentation
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.repeated_augmentation <= 1 or isinstance(dataset, torch.utils.data.IterableDataset):
+            return super()._get_train_sampler(train_dataset)
+        return RepeatedAugmentationSampler(
+            len(dataset), self._train_batch_size, self.args.world_size, self.repeated_augmentation, self.args.seed
+        )
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
         if self.eval_data_collator is None:
@@ -291,6 +300,7 @@ def run(defaults: dict[str, Any], argv: list[str] | None = None) -> RecipeRun:
         processing_class=processor,
         milestone_steps=milestones,
         lr_step_gamma=recipe.lr_step_gamma,
+        repeated_augmentation=1 if data_args.streaming else data_args.repeated_augmentation,
     )
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_metrics("train", train_result.metrics)
@@ -321,7 +331,7 @@ def run(defaults: dict[str, Any], argv: list[str] | None = None) -> RecipeRun:
 
 def _data_hyperparameters(recipe: RecipeArguments, data_args: ImageNetDataArguments) -> dict[str, Any]:
     names = ("input_size", "crop_pct", "interpolation", "auto_augment", "reprob", "mixup_alpha", "cutmix_alpha",
-             "mixup_prob", "mixup_switch_prob", "train_scale_min")
+             "mixup_prob", "mixup_switch_prob", "train_scale_min", "repeated_augmentation")
     values = {name: getattr(data_args, name) for name in names}
     values.update(student=recipe.student, base_learning_rate=recipe.base_learning_rate,
                   lr_reference_batch=recipe.lr_reference_batch, warmup_epochs=recipe.warmup_epochs,
@@ -347,6 +357,7 @@ def deit_defaults(student: str, output_dir: str) -> dict[str, Any]:
         "output_dir": output_dir,
         "teacher_model_name_or_path": "timm/regnety_160.deit_in1k",
         "label_smoothing_factor": 0.1,
+        "repeated_augmentation": 3,
         "optim": "adamw_torch",
         "base_learning_rate": 5e-4,
         "lr_reference_batch": 512,

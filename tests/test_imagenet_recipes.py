@@ -27,7 +27,12 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_projkd import save_student
-from hf_projkd.data.imagenet import ImageNetDataArguments, build_eval_transform, load_imagenet
+from hf_projkd.data.imagenet import (
+    ImageNetDataArguments,
+    RepeatedAugmentationSampler,
+    build_eval_transform,
+    load_imagenet,
+)
 from hf_projkd.recipes_imagenet import StepDecay, build_student, configure_schedule, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +156,8 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
     student = trainer.student
     assert type(student).__name__ == "DeiTForImageClassificationWithTeacher"
     assert trainer.args.weight_decay_filter == "no_1d" and trainer.args.lr_scheduler_type == "cosine_with_min_lr"
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, RepeatedAugmentationSampler) and sampler.repeats == 3 and len(sampler) == 20
     # lr scaled from 5e-4 per 512 images to the batch of 4; warmup of 5 epochs of 20 images = 25 steps
     assert trainer.args.learning_rate == pytest.approx(5e-4 * 4 / 512)
     assert trainer.args.warmup_steps == 25
@@ -196,6 +203,7 @@ def test_resnet18_recipe_with_config_file_trains_and_reloads_with_timm(tmp_path,
 
     trainer = result.trainer
     assert trainer.state.global_step == 2 and trainer.args.optim == "sgd"
+    assert not isinstance(trainer._get_train_sampler(), RepeatedAugmentationSampler)
     assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
     # lr 0.1 per 256 images, batch 4; 16 images / 4 = 4 steps per epoch -> milestones at steps 4 and 8
     assert trainer.args.learning_rate == pytest.approx(0.1 * 4 / 256)

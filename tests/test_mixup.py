@@ -78,3 +78,28 @@ def test_soft_target_cross_entropy_matches_label_smoothing_and_is_linear_in_the_
     logits.requires_grad_(True)
     classification_loss(logits, mixed).backward()
     torch.testing.assert_close(logits.grad, (logits.softmax(-1) - mixed).detach() / 4)
+
+
+def test_repeated_augmentation_sampler_spreads_copies_over_processes_as_accelerate_shards_them():
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    from hf_projkd.data.imagenet import RepeatedAugmentationSampler
+
+    single = list(RepeatedAugmentationSampler(12, batch_size=4, num_processes=1, repeats=3, seed=0))
+    assert len(single) == 12 and len(set(single)) == 4  # an epoch of N draws N / 3 images, 3 times each
+    assert all(single[i] == single[i + 1] == single[i + 2] for i in range(0, 12, 3))
+
+    sampler = RepeatedAugmentationSampler(24, batch_size=2, num_processes=2, repeats=3, seed=0)
+    sampler.set_epoch(5)
+    shards = [list(BatchSamplerShard(BatchSampler(sampler, 2, drop_last=False), num_processes=2, process_index=p))
+              for p in range(2)]
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(5)).repeat_interleave(3)
+    for process, batches in enumerate(shards):  # what each process sees is DeiT's deal: positions p, p + 2, ...
+        assert [i for batch in batches for i in batch] == order[process::2][:12].tolist()
+    assert all(set(a) & set(b) for a, b in zip(*shards, strict=True))  # copies of an image meet in the same step
+    assert list(sampler) == list(sampler)  # every process builds the same order for an epoch
+    sampler.set_epoch(6)
+    assert list(sampler) != [i for batches in zip(*shards, strict=True) for batch in batches for i in batch]
+    with pytest.raises(ValueError, match="full batch"):
+        RepeatedAugmentationSampler(3, batch_size=4)

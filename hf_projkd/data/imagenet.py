@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from datasets import ClassLabel, Dataset, IterableDataset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
@@ -61,6 +62,11 @@ class ImageNetDataArguments:
     cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables cutmix)."})
     mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
     mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are on."})
+    repeated_augmentation: int = field(
+        default=1,
+        metadata={"help": "Repeated augmentation (DeiT: 3): each epoch draws N/r images and shows each r times, "
+                  "differently augmented, spread over the processes. 1 disables it (plain shuffling)."},
+    )
     image_mean: list[float] = field(
         default_factory=lambda: list(IMAGENET_DEFAULT_MEAN), metadata={"help": "Normalisation mean (RGB)."}
     )
@@ -100,6 +106,46 @@ def build_eval_transform(args: ImageNetDataArguments) -> Callable:
         mean=tuple(args.image_mean),
         std=tuple(args.image_std),
     )
+
+
+class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
+    """DeiT's repeated augmentation, laid out for the ``Trainer`` + accelerate data loader.
+
+    Each epoch: shuffle the N indices (seed + epoch), repeat each ``repeats`` times, and deal the sequence to the
+    ``num_processes`` processes as DeiT does (process p takes positions p, p + W, ...), so the copies of one image
+    land on different processes at the same step. Each process keeps ``N // W`` indices (rounded down to whole
+    batches): an epoch stays N images long. Every process builds the same global order, in which process p's
+    k-th batch is global batch ``k * W + p``: the order accelerate's batch sharding reads it in.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, num_processes: int = 1, repeats: int = 3,
+                 seed: int = 0) -> None:
+        per_process = num_samples // num_processes // batch_size * batch_size
+        if per_process == 0:
+            raise ValueError(
+                f"Repeated augmentation needs at least one full batch per process: {num_samples} samples, "
+                f"{num_processes} processes, batch {batch_size}. Use a smaller batch or repeated_augmentation=1."
+            )
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}.")
+        self.num_samples, self.batch_size, self.num_processes = num_samples, batch_size, num_processes
+        self.repeats, self.seed, self.epoch, self.per_process = repeats, seed, 0, per_process
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_process * self.num_processes
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator).repeat_interleave(self.repeats)
+        while len(order) < self.per_process * self.num_processes:  # tiny datasets: wrap around
+            order = torch.cat([order, order])
+        dealt = [order[p :: self.num_processes][: self.per_process] for p in range(self.num_processes)]
+        for start in range(0, self.per_process, self.batch_size):
+            for process in range(self.num_processes):
+                yield from dealt[process][start : start + self.batch_size].tolist()
 
 
 @dataclass
