@@ -115,8 +115,8 @@ def prepare_teacher(accelerator: Any, teacher: nn.Module) -> nn.Module:
 def deepspeed_teacher_config(train_config: dict[str, Any]) -> dict[str, Any]:
     """The training DeepSpeed config minus what an inference-only ZeRO-3 engine must not have.
 
-    Keeps the ZeRO-3 sharding and the precision; drops optimizer/scheduler sections and resolves the batch
-    size fields ("auto" values would fail outside the Trainer's own DeepSpeed initialisation).
+    Keeps the ZeRO-3 sharding and the precision; drops optimizer/scheduler sections, resolves the batch size
+    fields and drops any other "auto" value (those fail outside the Trainer's own DeepSpeed initialisation).
     """
     config = copy.deepcopy(train_config)
     for key in ("optimizer", "scheduler"):
@@ -128,6 +128,9 @@ def deepspeed_teacher_config(train_config: dict[str, Any]) -> dict[str, Any]:
     config["train_micro_batch_size_per_gpu"] = _int_or(config.get("train_micro_batch_size_per_gpu"), 1)
     config.pop("train_batch_size", None)
     config["gradient_accumulation_steps"] = _int_or(config.get("gradient_accumulation_steps"), 1)
+    for section in (config, zero):  # other unresolved "auto" values: let DeepSpeed use its defaults
+        for key in [k for k, v in section.items() if v == "auto"]:
+            del section[key]
     return config
 
 

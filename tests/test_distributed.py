@@ -206,13 +206,13 @@ def test_deepspeed_zero3_teacher_config_keeps_sharding_and_drops_the_optimizer()
     train_config = {
         "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}, "bf16": {"enabled": True},
         "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"}, "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": "auto",
+        "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
     }
     config = deepspeed_teacher_config(train_config)
     assert config["zero_optimization"] == {"stage": 3}
     assert "optimizer" not in config and "scheduler" not in config and "train_batch_size" not in config
     assert config["train_micro_batch_size_per_gpu"] == 8 and config["gradient_accumulation_steps"] == 1
-    assert config["bf16"] == {"enabled": True}
+    assert config["bf16"] == {"enabled": True} and "gradient_clipping" not in config
     assert "optimizer" in train_config  # the trainer's own config is left alone
 
 
