@@ -60,7 +60,9 @@ class RecipeArguments:
                   "DeiTForImageClassificationWithTeacher), a timm architecture name ('resnet18'), or a "
                   "transformers config.json path (model_type 'deit' gets the distillation-token model)."},
     )
-    drop_path_rate: float = field(default=0.0, metadata={"help": "Stochastic depth of timm students."})
+    drop_path_rate: float = field(
+        default=0.0, metadata={"help": "Stochastic depth rate of the last block (timm students, transformers DeiT)."}
+    )
     base_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate for a total batch of lr_reference_batch; when set, learning_rate = "
@@ -92,9 +94,10 @@ def build_student(name: str, class_names: list[str], input_size: int, drop_path_
     if name in DEIT_ARCHITECTURES:
         config = DeiTConfig(image_size=input_size, patch_size=16, num_hidden_layers=12, layer_norm_eps=1e-6,
                             **DEIT_ARCHITECTURES[name], **labels)
-        return DeiTForImageClassificationWithTeacher(config)
+        return add_stochastic_depth(DeiTForImageClassificationWithTeacher(config), drop_path_rate)
     if name.endswith(".json"):
-        return _transformers_student(Path(name), labels, input_size)
+        model = _transformers_student(Path(name), labels, input_size)
+        return add_stochastic_depth(model, drop_path_rate) if hasattr(model, "deit") else model
     if name in timm.list_models():
         model = timm.create_model(name, pretrained=False, num_classes=len(class_names), drop_path_rate=drop_path_rate)
         model.pretrained_cfg = {**model.pretrained_cfg, "label_names": list(class_names)}
@@ -103,6 +106,39 @@ def build_student(name: str, class_names: list[str], input_size: int, drop_path_
         f"--student {name!r} is not a DeiT size {tuple(DEIT_ARCHITECTURES)}, a timm architecture "
         "(see timm.list_models()), or a transformers config.json file."
     )
+
+
+class _DropPath:
+    """Forward hook dropping a residual branch's output per sample with probability ``p`` (scaled by 1 / keep)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not module.training:
+            return None
+        branch = output[0] if isinstance(output, tuple) else output
+        keep = 1.0 - self.p
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
+        branch = branch * mask / keep if keep > 0 else branch * 0
+        return (branch, *output[1:]) if isinstance(output, tuple) else branch
+
+
+def add_stochastic_depth(model: PreTrainedModel, rate: float) -> PreTrainedModel:
+    """Stochastic depth for transformers DeiT students, which have none (DeiT trains with drop path 0.1).
+
+    The attention and MLP branches of layer i are dropped per sample with probability ``rate * i / (depth - 1)``
+    (timm's linear rule). Forward hooks act in training mode only and are not saved: the saved student is a
+    plain transformers DeiT.
+    """
+    if rate <= 0:
+        return model
+    layers = [m for m in model.modules() if type(m).__name__ == "DeiTLayer"]  # deit.layers (v5), encoder.layer (v4)
+    for layer, p in zip(layers, torch.linspace(0, rate, len(layers)).tolist(), strict=True):
+        if p > 0:
+            layer.attention.register_forward_hook(_DropPath(p))
+            layer.mlp.register_forward_hook(_DropPath(p))
+    return model
 
 
 def _transformers_student(path: Path, labels: dict[str, Any], input_size: int) -> PreTrainedModel:
@@ -358,6 +394,7 @@ def deit_defaults(student: str, output_dir: str) -> dict[str, Any]:
         "teacher_model_name_or_path": "timm/regnety_160.deit_in1k",
         "label_smoothing_factor": 0.1,
         "repeated_augmentation": 3,
+        "drop_path_rate": 0.1,
         "optim": "adamw_torch",
         "base_learning_rate": 5e-4,
         "lr_reference_batch": 512,

@@ -327,6 +327,25 @@ def test_baseline_results_are_read_from_a_measured_run_file(tmp_path):
         read_baseline(str(path))
 
 
+def test_stochastic_depth_drops_deit_branches_in_training_only(tmp_path):
+    config = tmp_path / "tiny_deit.json"
+    config.write_text(json.dumps(TINY_DEIT))
+    torch.manual_seed(0)
+    student = build_student(str(config), CLASSES, 32, drop_path_rate=1.0)  # 2 layers: rates 0 and 1
+    layers = [m for m in student.modules() if type(m).__name__ == "DeiTLayer"]
+    assert len(layers) == 2
+    seen = []
+    layers[1].register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    student.train()
+    student(pixel_values)
+    torch.testing.assert_close(seen[-1][1], seen[-1][0])  # both branches of the last layer dropped
+    student.eval()
+    student(pixel_values)
+    assert not torch.allclose(seen[-1][1], seen[-1][0])
+    assert not layers[0].attention._forward_hooks and len(layers[1].mlp._forward_hooks) == 1  # rates 0 and 1
+
+
 def test_step_schedule_and_student_builder():
     schedule = StepDecay([4, 8], gamma=0.1, warmup_steps=2)
     assert [round(schedule(s), 6) for s in (0, 1, 3, 4, 7, 8)] == [0.5, 1.0, 1.0, 0.1, 0.1, 0.01]
