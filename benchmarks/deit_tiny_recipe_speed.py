@@ -1,11 +1,11 @@
 """Training speed and peak memory of the DeiT-Ti recipe step, plus parameters / MACs of the recipes' models.
 
 Runs the real recipe code path (``recipes/deit_tiny.py`` defaults parsed by ``hf_projkd.recipes_imagenet``,
-``RecipeTrainer``, Mixup/CutMix collator, AdamW no-decay-on-1-d, bf16 on GPU) for ``--warmup + --steps`` steps on
-random 224 px images (no JPEG decoding: the model step is measured, not the input pipeline), with a randomly
-initialised DeiT-Ti student and RegNetY-160 teacher (weights do not change the speed). Images/s is timed over the
-``--steps`` steps after ``--warmup``; peak memory is ``torch.cuda.max_memory_allocated`` (GPU) or the process's
-peak resident set size (CPU).
+``RecipeTrainer``, drop path, Mixup/CutMix collator, AdamW no-decay-on-1-d, bf16 on GPU) for
+``--warmup + --steps`` steps on random 224 px images (no JPEG decoding: the model step is measured, not the input
+pipeline), with a randomly initialised DeiT-Ti student and RegNetY-160 teacher (weights do not change the speed).
+Images/s is timed over the ``--steps`` steps after ``--warmup``; peak memory is ``torch.cuda.max_memory_allocated``
+(GPU) or the process's peak resident set size (CPU).
 
     python benchmarks/deit_tiny_recipe_speed.py --device cuda --batch 128 --warmup 20 --steps 300 \\
         --out benchmarks/results/deit_tiny_recipe_speed_gpu.json
@@ -118,7 +118,7 @@ def main() -> None:
         dataset = RandomImages(total * cli.batch)
         configure_schedule(args, recipe, len(dataset), streaming=False)
         torch.manual_seed(0)
-        student = build_student("deit-tiny", [str(i) for i in range(NUM_CLASSES)], SIZE)
+        student = build_student("deit-tiny", [str(i) for i in range(NUM_CLASSES)], SIZE, recipe.drop_path_rate)
         teacher = timm.create_model("regnety_160", num_classes=NUM_CLASSES)
         timer = StepTimer(cli.warmup, cli.device)
         trainer = RecipeTrainer(
@@ -130,7 +130,8 @@ def main() -> None:
     if cli.device == "cuda":
         peak_gib, device_name = torch.cuda.max_memory_allocated() / 2**30, torch.cuda.get_device_name()
     else:
-        peak_gib, device_name = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, platform.processor()
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        device_name = platform.processor() or platform.machine()
     result = {
         "benchmark": "DeiT-Ti recipe training step (student fwd/bwd + RegNetY-160 teacher fwd + projector + AdamW)",
         "command": "python benchmarks/deit_tiny_recipe_speed.py " + " ".join(
