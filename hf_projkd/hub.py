@@ -17,7 +17,6 @@ import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-from transformers import PreTrainedModel
 
 from .features import default_input_size, is_timm_model
 from .serialization import save_student
@@ -195,18 +194,18 @@ def usage_snippet(model_id: str, student: nn.Module) -> str:
 
 
 def architecture_name(model: nn.Module) -> str:
+    """timm's architecture name (``resnet18``), else the class name (``DeiTForImageClassificationWithTeacher``)."""
     if is_timm_model(model):
         return str(model.pretrained_cfg.get("architecture", type(model).__name__))
-    if isinstance(model, PreTrainedModel):
-        return type(model).__name__
     return type(model).__name__
 
 
-def last_eval_metrics(log_history: list[dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
-    """The most recent ``{prefix}_top1`` / ``{prefix}_top5`` the trainer logged (empty if it never evaluated)."""
+def last_eval_metrics(log_history: list[dict[str, Any]], prefix: str = "eval") -> dict[str, Any]:
+    """The most recent ``{prefix}_top1`` / ``{prefix}_top5`` the trainer logged and the step it was logged at
+    (empty if it never evaluated)."""
     for entry in reversed(log_history):
         if f"{prefix}_top1" in entry:
-            return {"top1": entry[f"{prefix}_top1"], "top5": entry.get(f"{prefix}_top5")}
+            return {"top1": entry[f"{prefix}_top1"], "top5": entry.get(f"{prefix}_top5"), "step": entry.get("step")}
     return {}
 
 
@@ -239,7 +238,7 @@ class StudentHubMixin:
         if measured:
             results.append(MeasuredResult(
                 "student (this model)", measured.get("top1"), measured.get("top5"),
-                f"evaluated at the end of this run (step {self.state.global_step})",
+                f"evaluated by this run after step {measured.get('step')} of {self.state.global_step}",
             ))
         for key in ("teacher_result", "baseline_result"):
             if context.get(key) is not None:

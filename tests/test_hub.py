@@ -125,6 +125,7 @@ def test_push_uploads_the_transformers_student_alone_with_its_card(tmp_path, fak
     metadata = _front_matter(card)
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == round(metrics["eval_top1"], 2)
     assert "| teacher (tiny ViT) | 12.50 | 50.00 | test |" in card
+    assert f"| student (this model) | {metrics['eval_top1']:.2f} |" in card and "after step 2 of 2" in card
     assert {"knowledge-distillation", "my-tag"} <= set(metadata["tags"])
     assert "| `feature_loss_weight` | `2.0` |" in card and "| `temperature` | `1.0` |" in card
 
