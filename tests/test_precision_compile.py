@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from accelerate.utils import is_compiled_module
@@ -124,3 +126,19 @@ def test_torch_compile_with_compiled_channels_last_teacher_keeps_the_results(tmp
     student = {k: v for k, v in compiled.student.state_dict().items()}
     for name, value in eager.student.state_dict().items():
         torch.testing.assert_close(student[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(os.environ.get("HF_PROJKD_TEST_INDUCTOR") != "1",
+                    reason="inductor's C++ build takes minutes on a CPU; set HF_PROJKD_TEST_INDUCTOR=1 to run it")
+def test_inductor_compile_of_student_and_teacher_keeps_the_results(tmp_path):
+    """The default backend (inductor) end to end: compiled trainable module and compiled channels_last teacher."""
+    eager = _trainer(tmp_path / "eager", tiny_vit(), tiny_timm_resnet())
+    compiled = _trainer(tmp_path / "inductor", tiny_vit(), tiny_timm_resnet(), torch_compile=True,
+                        teacher_compile=True, teacher_channels_last=True)
+    eager.train()
+    compiled.train()
+    assert is_compiled_module(compiled.model_wrapped)
+    for got, want in zip(_losses(compiled), _losses(eager), strict=True):
+        for key in ("loss", "loss_ce", "loss_logit", "loss_feature"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
+    torch.testing.assert_close(compiled.model.projector.weight, eager.model.projector.weight, atol=1e-5, rtol=1e-4)
