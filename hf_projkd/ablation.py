@@ -87,7 +87,11 @@ class AblationOptions:
     train_samples: int = field(default=4000, metadata={"help": "Fixed random train subset (seed 0)."})
     eval_samples: int = field(default=2000, metadata={"help": "First N test images."})
     epochs: int = field(default=3, metadata={"help": "Epochs = pre-drawn augmented views per training image."})
-    seed: int = field(default=0, metadata={"help": "Seed of the student/projector init, data order and views."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "Seeds of the student/projector init and data order (one run per arm and seed); the "
+                  "views are drawn once, with the first seed."},
+    )
     every_n_steps: int = field(default=10, metadata={"help": "Diagnostics period (optimizer steps)."})
     batch_size: int = field(default=64, metadata={"help": "Per-device train batch (CRD protocol: 64)."})
     learning_rate: float = field(default=0.05, metadata={"help": "SGD learning rate (CRD protocol: 0.05)."})
@@ -102,6 +106,8 @@ class AblationOptions:
         unknown = [a for a in self.arms if a != CE_ARM and a not in ARMS]
         if unknown:
             raise ValueError(f"Unknown ablation arms {unknown}: expected some of {[CE_ARM, *ARMS]}.")
+        if not self.seeds:
+            raise ValueError("Pass at least one seed (--seeds 0).")
         if self.epochs < 1 or self.train_samples < 2 * self.batch_size:
             raise ValueError(
                 f"Need epochs >= 1 and train_samples >= 2 batches ({2 * self.batch_size}), got epochs={self.epochs}, "
@@ -221,7 +227,7 @@ def prepare(options: AblationOptions, log: Callable[[str], None] = print) -> Abl
     teacher = load_teacher(options.teacher).to(memory_format=torch.channels_last)
     student_stats = (recipe.mean, recipe.std)
     collator = CifarCollator(*student_stats, *(input_statistics(teacher) or student_stats))
-    views = draw_views(data.train, options.epochs, options.seed)
+    views = draw_views(data.train, options.epochs, options.seeds[0])
     logits, features = teacher_outputs(teacher, views, collator)
     eval_logits, _ = teacher_outputs(teacher, data.eval, collator)
     info = {
@@ -238,27 +244,27 @@ def prepare(options: AblationOptions, log: Callable[[str], None] = print) -> Abl
     return AblationSetup(data, CachedTeacherDataset(views, logits, features), teacher, student_stats, info)
 
 
-def arm_arguments(name: str, options: AblationOptions, output_dir: str) -> DistillationArguments:
+def arm_arguments(name: str, options: AblationOptions, output_dir: str, seed: int) -> DistillationArguments:
     """CRD protocol + the ``srd`` preset (or ``ce``) + the arm's feature settings, one epoch over all views."""
     preset = METHOD_PRESETS["ce" if name == CE_ARM else "srd"]
     values = {**CRD_PROTOCOL, **preset, **ARMS.get(name, {})}
     values.update(
-        output_dir=output_dir, num_train_epochs=1, seed=options.seed, use_cpu=True, disable_tqdm=True,
+        output_dir=output_dir, num_train_epochs=1, seed=seed, use_cpu=True, disable_tqdm=True,
         logging_steps=options.every_n_steps, per_device_train_batch_size=options.batch_size,
         learning_rate=options.learning_rate,
     )
     return DistillationArguments(**values)
 
 
-def run_arm(name: str, setup: AblationSetup, options: AblationOptions) -> dict[str, Any]:
+def run_arm(name: str, setup: AblationSetup, options: AblationOptions, seed: int) -> dict[str, Any]:
     """Train one arm from the shared initialisation, evaluate it, and return accuracy + diagnostics."""
     start = time.perf_counter()
     data = setup.data
-    torch.manual_seed(options.seed)  # same student (and projector) initialisation in every arm
+    torch.manual_seed(seed)  # same student (and projector) initialisation in every arm
     student = build_student(options.student, data.num_labels, *setup.student_stats, data.id2label)
     student = student.to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as folder:
-        args = arm_arguments(name, options, folder)
+        args = arm_arguments(name, options, folder, seed)
         kwargs: dict[str, Any] = {
             "train_dataset": setup.train,
             "eval_dataset": CifarTensorDataset(data.eval),
@@ -279,6 +285,7 @@ def run_arm(name: str, setup: AblationSetup, options: AblationOptions) -> dict[s
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     result = {
         "arm": name,
+        "seed": seed,
         **({"feature_norm": "-", "projector": "-", "feature_loss": "-"} if name == CE_ARM else ARMS[name]),
         "top1": round(metrics["eval_top1"], 2),
         "top5": round(metrics["eval_top5"], 2),
@@ -308,14 +315,14 @@ def run_ablation(options: AblationOptions, log: Callable[[str], None] = print) -
     output_dir.mkdir(parents=True, exist_ok=True)
     setup = prepare(options, log)
     report: dict[str, Any] = {"options": asdict(options), "setup": setup.info, "machine": machine(), "runs": []}
-    for name in options.arms:
-        result = run_arm(name, setup, options)
-        report["runs"].append(result)
-        log(json.dumps({k: v for k, v in result.items() if k not in ("history", "last_correlation")}))
-        done = len(report["runs"]) == len(options.arms)
-        report["total_minutes"] = round((time.perf_counter() - start) / 60, 1)
-        report["complete"] = done
-        write_outputs(report, output_dir, options.prefix)
+    for seed in options.seeds:  # seed-major: a partial report already has every arm once
+        for name in options.arms:
+            result = run_arm(name, setup, options, seed)
+            report["runs"].append(result)
+            log(json.dumps({k: v for k, v in result.items() if k not in ("history", "last_correlation")}))
+            report["total_minutes"] = round((time.perf_counter() - start) / 60, 1)
+            report["complete"] = len(report["runs"]) == len(options.arms) * len(options.seeds)
+            write_outputs(report, output_dir, options.prefix)
     return report
 
 
@@ -323,7 +330,7 @@ def write_outputs(report: dict[str, Any], output_dir: Path, prefix: str) -> list
     """JSON (everything, histories included), the PNGs, and the markdown table that links them."""
     json_path = output_dir / f"{prefix}.json"
     json_path.write_text(json.dumps(report, indent=1))
-    runs = {r["arm"]: r for r in report["runs"]}
+    runs = _first_seed_runs(report)
     images: dict[str, Path] = {}
     for group, (_, arms) in GROUPS.items():
         present = {a: runs[a]["history"] for a in arms if a in runs and runs[a]["history"]}
@@ -337,6 +344,18 @@ def write_outputs(report: dict[str, Any], output_dir: Path, prefix: str) -> list
     md_path = output_dir / f"{prefix}.md"
     md_path.write_text(markdown(report, {k: p.name for k, p in images.items()}))
     return [json_path, md_path, *images.values()]
+
+
+def _first_seed_runs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs of the first seed by arm: their diagnostics are the ones plotted and tabulated."""
+    first = report["options"]["seeds"][0]
+    return {r["arm"]: r for r in report["runs"] if r["seed"] == first}
+
+
+def _top1(report: dict[str, Any], arm: str) -> str:
+    scores = [r["top1"] for r in report["runs"] if r["arm"] == arm]
+    mean = sum(scores) / len(scores)
+    return f"{mean:.2f}" if len(scores) == 1 else f"{mean:.2f} ({' / '.join(f'{v:.2f}' for v in scores)})"
 
 
 def _final(run: dict[str, Any], key: str) -> str:
@@ -353,7 +372,8 @@ def _final(run: dict[str, Any], key: str) -> str:
 def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
     """The results page: command, machine, budget, one table per ablation group, and the figures."""
     options, setup = report["options"], report["setup"]
-    runs = {r["arm"]: r for r in report["runs"]}
+    runs = _first_seed_runs(report)
+    seeds = options["seeds"]
     status = "complete" if report.get("complete") else "IN PROGRESS (partial)"
     lines = [
         "# Ablations on CIFAR-10: normalisation, projector, feature loss (CPU budget)",
@@ -364,8 +384,9 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         "upper bounds.",
         "",
         f"Budget and setup: teacher {setup['teacher']} (top-1 {setup['teacher_top1']:.2f} % on the "
-        f"{setup['eval_samples']} evaluation images), student {options['student']} from scratch, ONE seed "
-        f"({options['seed']}), {setup['train_samples']} training images (fixed random subset) x {options['epochs']} "
+        f"{setup['eval_samples']} evaluation images), student {options['student']} from scratch, "
+        f"{len(seeds)} seed(s) ({', '.join(str(v) for v in seeds)}; diagnostics and figures: seed {seeds[0]}), "
+        f"{setup['train_samples']} training images (fixed random subset) x {options['epochs']} "
         f"pre-drawn crop+flip views = {setup['views']} samples, one pass in batches of {options['batch_size']}, "
         f"evaluation on the first {setup['eval_samples']} test images with the final weights. CRD protocol (SGD "
         f"0.9, lr {options['learning_rate']}, wd 5e-4, lr x0.1 at 62.5/75/87.5 % of the steps). Loss: CE + 2 x "
@@ -374,8 +395,9 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         f"({setup['prepare_seconds']:.0f} s). Diagnostics every {options['every_n_steps']} steps. "
         f"Total wall time {report.get('total_minutes', 0):.1f} min ({status}).",
         "",
-        "Columns: top-1 on the eval images; the projector's final singular-value spectrum (effective rank, share "
-        "of values below 1 % of the largest, smallest/largest value; for the MLP, its last layer); the mean "
+        "Columns: top-1 on the eval images (mean, and per seed when several); the projector's final "
+        "singular-value spectrum (effective rank, share of values below 1 % of the largest, smallest/largest "
+        "value; for the MLP, its last layer); the mean "
         "absolute input/output correlation of the projector on the last measured batch (diagonal / off-diagonal); "
         "linear R2: share of the projector's standardised output variance a linear map of its input explains "
         "(512 recent inputs through the final projector; 1 for any full-rank linear projector).",
@@ -387,7 +409,7 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         lines += [f"## {group} (varies `{varied}`)", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm in [CE_ARM, *arms] if CE_ARM in runs else arms:
             if arm in runs:
-                lines.append(_row(runs[arm]))
+                lines.append(_row(runs[arm], _top1(report, arm)))
         lines.append("")
     for key, title in (
         ("spectrum_normalisation", "Singular values of W over training, normalisation arms"),
@@ -401,11 +423,11 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _row(run: dict[str, Any]) -> str:
+def _row(run: dict[str, Any], top1: str) -> str:
     sv = "-" if not run["history"] else f"{_final(run, 'sv_min')} / {_final(run, 'sv_top')}"
     corr = "-" if not run["history"] else f"{_final(run, 'corr_diag')} / {_final(run, 'corr_offdiag')}"
     return (
-        f"| {run['arm']} | {run['feature_norm']} | {run['projector']} | {run['feature_loss']} | {run['top1']:.2f} | "
+        f"| {run['arm']} | {run['feature_norm']} | {run['projector']} | {run['feature_loss']} | {top1} | "
         f"{_final(run, 'effective_rank')} | {_final(run, 'sv_near_zero_share')} | {sv} | {corr} | "
         f"{_final(run, 'linear_r2')} | {run['steps']} | "
         f"{run['wall_seconds']:.0f} |"

@@ -94,6 +94,8 @@ def test_options_refuse_unknown_arms_and_missing_inputs() -> None:
         AblationOptions(data="d", teacher="t", arms=["norm batch"])
     with pytest.raises(ValueError, match="needs data and teacher"):
         AblationOptions()
+    with pytest.raises(ValueError, match="at least one seed"):
+        AblationOptions(data="d", teacher="t", seeds=[])
 
 
 @pytest.mark.skipif(not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 and ResNet20")
@@ -106,7 +108,7 @@ def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: P
         "--teacher", str(RESNET20), "--output_dir", str(tmp_path), "--train_samples", "128", "--epochs", "1",
         "--eval_samples", "64", "--every_n_steps", "1", "--arms", *arms,
     ])
-    assert report["complete"] and [r["arm"] for r in report["runs"]] == arms
+    assert report["complete"] and [r["arm"] for r in report["runs"]] == arms and report["runs"][0]["seed"] == 0
     assert report["setup"]["views"] == 128 and report["setup"]["teacher_feature_dim"] == 64
     srd = report["runs"][1]
     assert srd["steps"] == 2 and [s["step"] for s in srd["history"]] == [0, 1, 2]
@@ -125,3 +127,26 @@ def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: P
     for link in links:
         data = (tmp_path / link).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, link
+
+
+def test_markdown_averages_seeds_and_takes_diagnostics_from_the_first() -> None:
+    from hf_projkd.ablation import markdown
+
+    def run(arm: str, seed: int, top1: float, rank: float) -> dict:
+        summary = {"effective_rank": rank, "sv_near_zero_share": 0.25, "sv_min": 0.1, "sv_top": 1.0}
+        history = [{"step": 10, "singular_values": [1.0], "summary": summary, "corr_diag": 0.5, "corr_offdiag": 0.2,
+                    "linear_r2": 1.0}]
+        return {"arm": arm, "seed": seed, "top1": top1, "steps": 10, "wall_seconds": 5.0, "history": history,
+                **ARMS[arm]}
+
+    options = AblationOptions(data="d", teacher="t", seeds=[3, 4], arms=[SRD_ARM], command="python x.py")
+    report = {
+        "options": {**options.__dict__}, "machine": "m", "complete": True, "total_minutes": 1.0,
+        "setup": {"teacher": "t", "teacher_top1": 80.0, "eval_samples": 10, "train_samples": 20, "views": 40,
+                  "prepare_seconds": 1.0},
+        "runs": [run(SRD_ARM, 3, 40.0, 7.0), run(SRD_ARM, 4, 42.0, 99.0)],
+    }
+    text = markdown(report, {})
+    row = next(line for line in text.splitlines() if line.startswith(f"| {SRD_ARM}"))
+    assert "| 41.00 (40.00 / 42.00) |" in row and "| 7 |" in row and "| 25 % |" in row and "99" not in row
+    assert "2 seed(s) (3, 4; diagnostics and figures: seed 3)" in text and "`python x.py`" in text
