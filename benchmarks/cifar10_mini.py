@@ -26,12 +26,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from hf_projkd import DistillationArguments  # noqa: E402
-from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset  # noqa: E402
+from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages  # noqa: E402
 from hf_projkd.recipes_cifar import (  # noqa: E402
     CRD_PROTOCOL,
     METHOD_PRESETS,
+    CifarData,
     CifarRecipeArguments,
     input_statistics,
     load_cifar_data,
@@ -55,6 +57,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--output", default=str(RESULTS / "cifar10_mini_cpu.md"))
+    parser.add_argument(
+        "--holdout", type=int, default=0,
+        help="Evaluate on this many held-out TRAINING images (disjoint from the train subset) instead of the test "
+        "split: for investigations that must not look at the test split.",
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE",
+        help="Override DistillationArguments fields for every method, e.g. --set feature_loss_weight=1.",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (for the full-data GPU version).")
     parser.add_argument(
         "--threads", type=int, default=None,
@@ -91,15 +102,16 @@ def write_markdown(path: Path, argv: str, setup: dict, runs: list[dict], elapsed
         "",
         f"Machine: {machine()}. On CPU the cores were shared with other jobs, so wall times are upper bounds.",
         "",
-        f"Setup: teacher {setup['teacher_name']} (top-1 {setup['teacher_top1']:.2f} % on the {setup['eval_samples']} "
-        f"evaluation images; 83.20 % on the full test split), student {setup['student']} from scratch, "
+        f"Setup: teacher {setup['teacher_name']} (top-1 {setup['teacher_top1']:.2f} % on the evaluation images; "
+        f"83.20 % on the full test split), student {setup['student']} from scratch, "
         f"{setup['train_samples']} training images (fixed random subset, seed 0), {setup['epochs']:g} epochs "
-        f"({setup['steps']} steps of batch {CRD_PROTOCOL['per_device_train_batch_size']}), evaluation on the first "
-        f"{setup['eval_samples']} test images, final checkpoint (no best-epoch selection). CRD protocol: SGD "
+        f"({setup['steps']} steps of batch {CRD_PROTOCOL['per_device_train_batch_size']}), evaluation on "
+        f"{setup['eval_on']}, final checkpoint (no best-epoch selection). CRD protocol: SGD "
         "momentum 0.9, lr 0.05, weight decay 5e-4, lr x0.1 at 62.5/75/87.5 % of the run, random crop 32 pad 4 + "
         "flip. Loss per method: `hf_projkd.recipes_cifar.METHOD_PRESETS` (kd: 0.1 CE + 0.9 KL at T=4; srd: CE + "
         "2 LogSum(alpha 4) on BN-normalised linear projections; srd+kd: the paper's CE + 2 LogSum + KL at T=1).",
         "",
+        *([f"Overrides for every method: `{setup['overrides']}`.", ""] if setup["overrides"] else []),
         "| method | top-1 mean (%) | spread (std / min-max) | per seed | wall s / run |",
         "|---|---|---|---|---|",
     ]
@@ -128,7 +140,15 @@ def main() -> None:
         method="ce", student=options.student, teacher=options.teacher, dataset=options.data,
         max_train_samples=options.train_samples, max_eval_samples=options.eval_samples,
     )
+    if options.holdout:
+        recipe.max_train_samples = options.train_samples + options.holdout
     data = load_cifar_data(recipe)
+    if options.holdout:  # the first train_samples rows are the same subset as without --holdout
+        pixels, labels = data.train.pixels, data.train.labels
+        n = options.train_samples
+        data = CifarData(DecodedImages(pixels[:n], labels[:n]), DecodedImages(pixels[n:], labels[n:]), data.id2label)
+        recipe.max_train_samples = n
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in options.set)}
     teacher = load_teacher(options.teacher)
     collator = CifarCollator(recipe.mean, recipe.std, *(input_statistics(teacher) or (recipe.mean, recipe.std)))
     setup = {
@@ -137,6 +157,11 @@ def main() -> None:
         "student": options.student,
         "train_samples": len(data.train),
         "eval_samples": len(data.eval),
+        "eval_on": (
+            f"{len(data.eval)} held-out training images (not the test split)" if options.holdout
+            else f"the first {len(data.eval)} test images"
+        ),
+        "overrides": overrides,
         "epochs": options.epochs,
         "steps": int(-(-len(data.train) // CRD_PROTOCOL["per_device_train_batch_size"]) * options.epochs),
     }
@@ -153,6 +178,7 @@ def main() -> None:
                     output_dir=folder, num_train_epochs=options.epochs, seed=seed, disable_tqdm=True, logging_steps=25,
                     use_cpu=not torch.cuda.is_available(), bf16=options.bf16,
                 )
+                values.update(overrides)
                 args = DistillationArguments(**values)
                 run_recipe = CifarRecipeArguments(**{**vars(recipe), "method": method})
                 result = run_cifar(run_recipe, args, data)
