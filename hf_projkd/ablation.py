@@ -96,9 +96,13 @@ class AblationOptions:
     batch_size: int = field(default=64, metadata={"help": "Per-device train batch (CRD protocol: 64)."})
     learning_rate: float = field(default=0.05, metadata={"help": "SGD learning rate (CRD protocol: 0.05)."})
     command: str = field(default="", metadata={"help": "The command line, written into the markdown."})
+    replot: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: rewrite the markdown and PNGs from <output_dir>/<prefix>.json."},
+    )
 
     def __post_init__(self) -> None:
-        if not self.data or not self.teacher:
+        if not self.replot and (not self.data or not self.teacher):
             raise ValueError(
                 f"The ablation needs data and teacher, got data={self.data!r}, teacher={self.teacher!r}: pass the "
                 "CIFAR-10 folder/id and the teacher (e.g. a cifar10_resnet56.safetensors file)."
@@ -324,6 +328,14 @@ def run_ablation(options: AblationOptions, log: Callable[[str], None] = print) -
             report["complete"] = len(report["runs"]) == len(options.arms) * len(options.seeds)
             write_outputs(report, output_dir, options.prefix)
     return report
+
+
+def replot(output_dir: str | Path, prefix: str) -> list[Path]:
+    """Rewrite the markdown and figures from a saved ``<prefix>.json`` (the recorded command stays the same)."""
+    path = Path(output_dir) / f"{prefix}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the ablation first (without --replot).")
+    return write_outputs(json.loads(path.read_text()), Path(output_dir), prefix)
 
 
 def write_outputs(report: dict[str, Any], output_dir: Path, prefix: str) -> list[Path]:

@@ -97,6 +97,9 @@ def plot_correlation(runs: Mapping[str, History], path: str | Path) -> Path:
             off_ax.plot(steps, off, marker=".", color=color, label=name)
         if r2:
             r2_ax.plot(*zip(*r2, strict=True), marker=".", color=color, label=name)
+    r2_values = [s.linear_r2 for h in histories.values() for s in h if s.linear_r2 is not None]
+    if r2_values:  # a fixed scale: linear projectors sit at 1 up to float noise, which autoscaling would magnify
+        r2_ax.set_ylim(min(0.9, min(r2_values) - 0.05), 1.01)
     for ax, title in (
         (diag_ax, "mean |corr|, diagonal (in i vs out i)"),
         (off_ax, "mean |corr|, off-diagonal"),

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from hf_projkd.ablation import AblationOptions, run_ablation  # noqa: E402
+from hf_projkd.ablation import AblationOptions, replot, run_ablation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -30,11 +30,13 @@ DEFAULTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | list[Path]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(AblationOptions)
     parser.set_defaults(**DEFAULTS)
     (options,) = parser.parse_args_into_dataclasses(argv)
+    if options.replot:
+        return replot(options.output_dir, options.prefix)
     options.command = options.command or "python recipes/ablation.py " + " ".join(shlex.quote(a) for a in argv)
     return run_ablation(options)
 

@@ -127,6 +127,9 @@ def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: P
     for link in links:
         data = (tmp_path / link).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, link
+    (tmp_path / "ablation_cifar10.md").unlink()
+    written = recipe.main(["--output_dir", str(tmp_path), "--replot"])
+    assert (tmp_path / "ablation_cifar10.md").read_text() == text and len(written) == 2 + len(links)
 
 
 def test_markdown_averages_seeds_and_takes_diagnostics_from_the_first() -> None:
