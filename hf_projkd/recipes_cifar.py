@@ -190,7 +190,13 @@ class ClassifierTrainer(Trainer):
         if not args.label_names:
             args.label_names = ["labels"]  # timm models have no `labels` argument to infer it from
         kwargs.setdefault("compute_metrics", compute_accuracy)
-        super().__init__(model=model, args=args, **kwargs)
+        # compute_loss applies label smoothing itself; the Trainer's own smoother would read `model.config`,
+        # which timm models do not have, so it is built with smoothing off and the factor restored afterwards
+        smoothing, args.label_smoothing_factor = args.label_smoothing_factor, 0.0
+        try:
+            super().__init__(model=model, args=args, **kwargs)
+        finally:
+            args.label_smoothing_factor = smoothing
 
     def compute_loss(
         self,

@@ -167,3 +167,22 @@ def test_seed_fixes_the_student_initialisation(tmp_path: Path) -> None:
 
     assert torch.equal(first_weight(3), first_weight(3))
     assert not torch.equal(first_weight(3), first_weight(4))
+
+
+def test_classifier_trainer_trains_and_evaluates_a_timm_model(tmp_path: Path, tiny_dataset) -> None:
+    from conftest import make_args, tiny_timm_resnet
+
+    model = tiny_timm_resnet()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = make_args(tmp_path, optim="sgd", learning_rate=0.1, label_smoothing_factor=0.1)
+    trainer = CifarClassifierTrainer(model=model, args=args, train_dataset=tiny_dataset, eval_dataset=tiny_dataset)
+    batch = {"pixel_values": tiny_dataset[:4]["pixel_values"], "labels": tiny_dataset[:4]["labels"]}
+    with torch.no_grad():
+        smoothed = torch.nn.functional.cross_entropy(model(batch["pixel_values"]), batch["labels"], label_smoothing=0.1)
+        assert trainer.compute_loss(model, batch).item() == pytest.approx(smoothed.item(), rel=1e-5)
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    metrics = trainer.evaluate()
+    assert {"eval_top1", "eval_top5", "eval_loss"} <= set(metrics)  # labels found although timm has no `labels` arg
+    trainer.save_model(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
