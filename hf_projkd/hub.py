@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .features import default_input_size, is_timm_model
 from .serialization import save_student
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "srd_student.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "srd_student.md"  # link to ../model_cards
 HUB_UPLOAD_DIRNAME = "_hub_student"
 """Sub-folder of ``output_dir`` where the student is staged for upload (leading '_': the Trainer ignores it)."""
 CARD_TAGS = ("knowledge-distillation", "image-classification", "hf_projkd", "srd")
@@ -100,8 +100,8 @@ def build_model_card(info: CardInfo, template_path: str | Path | None = None) ->
     template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"Model card template {template_path} not found. It ships in the repository's model_cards/ folder; "
-            "pass template_path=<path to a card template> when hf_projkd is installed without it."
+            f"Model card template {template_path} not found. It ships with the package (hf_projkd/model_cards, a "
+            "link to the repository's model_cards/): reinstall hf_projkd, or pass template_path=<a card template>."
         )
     from . import __version__
 
