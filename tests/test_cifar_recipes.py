@@ -186,3 +186,14 @@ def test_classifier_trainer_trains_and_evaluates_a_timm_model(tmp_path: Path, ti
     assert {"eval_top1", "eval_top5", "eval_loss"} <= set(metrics)  # labels found although timm has no `labels` arg
     trainer.save_model(str(tmp_path / "saved"))
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+def test_shipped_cifar100_config_parses_to_the_paper_setting() -> None:
+    config = ROOT / "recipes" / "configs" / "cifar100_resnet32x4_resnet8x4.yaml"
+    recipe, args = _parse(["--config", str(config)])
+    assert (recipe.method, recipe.student, recipe.dataset, recipe.label_column) == (
+        "srd+kd", "resnet8x4", "uoft-cs/cifar100", "fine_label"
+    )
+    assert (args.feature_loss_weight, args.temperature) == (2.0, 1.0)
+    assert (args.num_train_epochs, args.learning_rate) == (240, 0.05)
+    assert recipe.decay_fractions == (0.625, 0.75, 0.875)
