@@ -1,8 +1,10 @@
 """hf_projkd: projector-based feature distillation (SRD, Miles & Mikolajczyk, AAAI 2024) for Hugging Face."""
 
 from . import models  # registers the CIFAR architectures with the transformers Auto classes
+from .checkpointing import IncompleteCheckpointError, latest_complete_checkpoint
 from .config import DistillationArguments
 from .features import FeatureExtractor, ModelFeatures
+from .hub import StudentHubMixin
 from .loading import load_image_classifier
 from .losses import (
     classification_loss,
@@ -17,6 +19,7 @@ from .modeling import DistillationModel, DistillationOutput, LossSettings
 from .projector import BatchFeatureNorm, build_feature_norm, build_projector
 from .serialization import load_student_weights, save_student
 from .trainer import DistillationTrainer
+from .validation import NonFiniteLossError
 
 __version__ = "0.1.0"
 
@@ -27,6 +30,10 @@ __all__ = [
     "DistillationOutput",
     "DistillationTrainer",
     "FeatureExtractor",
+    "IncompleteCheckpointError",
+    "NonFiniteLossError",
+    "StudentHubMixin",
+    "latest_complete_checkpoint",
     "LossSettings",
     "ModelFeatures",
     "build_feature_norm",
@@ -38,6 +45,7 @@ __all__ = [
     "l2_feature_loss",
     "load_image_classifier",
     "load_student_weights",
+    "models",
     "logsum_feature_loss",
     "save_student",
     "smooth_l1_feature_loss",

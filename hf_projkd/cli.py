@@ -46,7 +46,7 @@ def parse_recipe_args(
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Unknown fields {unknown} in the recipe defaults or --config file; see --help for the fields.")
+        raise ValueError(f"Unknown fields {unknown} in the recipe defaults or --config file; --help lists the fields.")
     parser.set_defaults(**values)
     namespace = parser.parse_args(argv)
     fields_of = [{f for f in getattr(t, "__dataclass_fields__", {})} for t in dataclass_types]
