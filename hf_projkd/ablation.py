@@ -370,6 +370,19 @@ def _top1(report: dict[str, Any], arm: str) -> str:
     return f"{mean:.2f}" if len(scores) == 1 else f"{mean:.2f} ({' / '.join(f'{v:.2f}' for v in scores)})"
 
 
+def _delta_vs_srd(report: dict[str, Any], arm: str) -> str:
+    """Top-1 minus the SRD arm's, seed by seed: both share initialisation and batches, so the pairing removes
+    most of the seed-to-seed spread that the plain means carry."""
+    srd = {r["seed"]: r["top1"] for r in report["runs"] if r["arm"] == SRD_ARM}
+    deltas = [r["top1"] - srd[r["seed"]] for r in report["runs"] if r["arm"] == arm and r["seed"] in srd]
+    if arm == SRD_ARM or not deltas:
+        return "-"
+    mean = sum(deltas) / len(deltas)
+    if len(deltas) == 1:
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} ({' / '.join(f'{v:+.2f}' for v in deltas)})"
+
+
 def _final(run: dict[str, Any], key: str) -> str:
     history = run["history"]
     if not history:
@@ -407,7 +420,8 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         f"({setup['prepare_seconds']:.0f} s). Diagnostics every {options['every_n_steps']} steps. "
         f"Total wall time {report.get('total_minutes', 0):.1f} min ({status}).",
         "",
-        "Columns: top-1 on the eval images (mean, and per seed when several); the projector's final "
+        "Columns: top-1 on the eval images (mean, and per seed when several); its difference to the SRD arm "
+        "of the same seed (same initialisation and batches: a paired comparison); the projector's final "
         "singular-value spectrum (effective rank, share of values below 1 % of the largest, smallest/largest "
         "value; for the MLP, its last layer); the mean "
         "absolute input/output correlation of the projector on the last measured batch (diagonal / off-diagonal); "
@@ -415,13 +429,15 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         "(512 recent inputs through the final projector; 1 for any full-rank linear projector).",
         "",
     ]
-    header = ("| arm | norm | projector | loss | top-1 (%) | eff. rank | near-zero | sv min / top | corr diag / off "
-              "| linear R2 | steps | wall s |")
+    columns = ("arm", "norm", "projector", "loss", "top-1 (%)", "vs SRD (pts)", "eff. rank", "near-zero",
+               "sv min / top", "corr diag / off", "linear R2", "steps", "wall s")
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
     for group, (varied, arms) in GROUPS.items():
-        lines += [f"## {group} (varies `{varied}`)", "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {group} (varies `{varied}`)", "", header, rule]
         for arm in [CE_ARM, *arms] if CE_ARM in runs else arms:
             if arm in runs:
-                lines.append(_row(runs[arm], _top1(report, arm)))
+                lines.append(_row(runs[arm], _top1(report, arm), _delta_vs_srd(report, arm)))
         lines.append("")
     for key, title in (
         ("spectrum_normalisation", "Singular values of W over training, normalisation arms"),
@@ -435,11 +451,11 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _row(run: dict[str, Any], top1: str) -> str:
+def _row(run: dict[str, Any], top1: str, delta: str) -> str:
     sv = "-" if not run["history"] else f"{_final(run, 'sv_min')} / {_final(run, 'sv_top')}"
     corr = "-" if not run["history"] else f"{_final(run, 'corr_diag')} / {_final(run, 'corr_offdiag')}"
     return (
-        f"| {run['arm']} | {run['feature_norm']} | {run['projector']} | {run['feature_loss']} | {top1} | "
+        f"| {run['arm']} | {run['feature_norm']} | {run['projector']} | {run['feature_loss']} | {top1} | {delta} | "
         f"{_final(run, 'effective_rank')} | {_final(run, 'sv_near_zero_share')} | {sv} | {corr} | "
         f"{_final(run, 'linear_r2')} | {run['steps']} | "
         f"{run['wall_seconds']:.0f} |"

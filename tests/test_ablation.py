@@ -147,9 +147,12 @@ def test_markdown_averages_seeds_and_takes_diagnostics_from_the_first() -> None:
         "options": {**options.__dict__}, "machine": "m", "complete": True, "total_minutes": 1.0,
         "setup": {"teacher": "t", "teacher_top1": 80.0, "eval_samples": 10, "train_samples": 20, "views": 40,
                   "prepare_seconds": 1.0},
-        "runs": [run(SRD_ARM, 3, 40.0, 7.0), run(SRD_ARM, 4, 42.0, 99.0)],
+        "runs": [run(SRD_ARM, 3, 40.0, 7.0), run(SRD_ARM, 4, 42.0, 99.0), run("loss l2", 3, 41.0, 5.0),
+                 run("loss l2", 4, 41.5, 5.0)],
     }
     text = markdown(report, {})
     row = next(line for line in text.splitlines() if line.startswith(f"| {SRD_ARM}"))
-    assert "| 41.00 (40.00 / 42.00) |" in row and "| 7 |" in row and "| 25 % |" in row and "99" not in row
+    assert "| 41.00 (40.00 / 42.00) | - |" in row and "| 7 |" in row and "| 25 % |" in row and "99" not in row
+    row = next(line for line in text.splitlines() if line.startswith("| loss l2"))
+    assert "| 41.25 (41.00 / 41.50) | +0.25 (+1.00 / -0.50) |" in row  # paired with the SRD run of the same seed
     assert "2 seed(s) (3, 4; diagnostics and figures: seed 3)" in text and "`python x.py`" in text
