@@ -112,12 +112,17 @@ def plot_correlation(runs: Mapping[str, History], path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def plot_correlation_matrices(matrices: Mapping[str, Any], path: str | Path) -> Path:
+def plot_correlation_matrices(matrices: Mapping[str, Any], path: str | Path, max_columns: int = 3) -> Path:
     """Heatmaps of |correlation| between projector input dims (rows) and output dims (columns), one per run."""
     if not matrices:
         raise ValueError("Nothing to plot: pass {run name: (d_in, d_out) correlation matrix}.")
-    figure = Figure(figsize=(3.0 * len(matrices), 3.0), layout="constrained")
-    axes = figure.subplots(1, len(matrices), squeeze=False)[0]
+    columns = min(len(matrices), max_columns)
+    rows = -(-len(matrices) // columns)
+    figure = Figure(figsize=(3.0 * columns, 3.0 * rows), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes[len(matrices) :]:
+        ax.set_visible(False)
+    axes = axes[: len(matrices)]
     image = None
     for ax, (name, matrix) in zip(axes, matrices.items(), strict=True):
         values = np.abs(np.asarray(matrix, dtype=float))
