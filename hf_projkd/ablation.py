@@ -346,7 +346,7 @@ def write_outputs(report: dict[str, Any], output_dir: Path, prefix: str) -> list
     images: dict[str, Path] = {}
     for group, (_, arms) in GROUPS.items():
         present = {a: runs[a]["history"] for a in arms if a in runs and runs[a]["history"]}
-        if present:
+        if len(present) >= 2:  # a group with one arm run compares nothing
             images[f"spectrum_{group}"] = plot_singular_values(present, output_dir / f"{prefix}_spectrum_{group}.png")
     histories = {a: r["history"] for a, r in runs.items() if r["history"]}
     if histories:
@@ -434,6 +434,8 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
     header = "| " + " | ".join(columns) + " |"
     rule = "|" + "---|" * len(columns)
     for group, (varied, arms) in GROUPS.items():
+        if sum(arm in runs for arm in arms) < 2:
+            continue
         lines += [f"## {group} (varies `{varied}`)", "", header, rule]
         for arm in [CE_ARM, *arms] if CE_ARM in runs else arms:
             if arm in runs:

@@ -20,6 +20,7 @@ from hf_projkd.callbacks import (
     linear_predictability,
     spectrum_summary,
     standardised_cross_correlation,
+    unwrap_distillation_model,
 )
 from hf_projkd.plotting import plot_correlation, plot_correlation_matrices, plot_singular_values
 from hf_projkd.projector import projector_weight
@@ -149,6 +150,32 @@ def test_correlation_is_measured_on_the_projector_batch(tmp_path: Path) -> None:
     expected = standardised_cross_correlation(*seen[0])
     assert torch.allclose(callback.last_correlation, expected, atol=1e-6)
     assert callback.history[-1].corr_diag == pytest.approx(correlation_summary(expected)["corr_diag"])
+
+
+def test_gradient_accumulation_measures_per_optimizer_step_on_one_micro_batch(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, gradient_accumulation_steps=2)
+    callback = add_projector_diagnostics(trainer)
+    sizes: list[int] = []
+    original = callback._capture
+
+    def spy(module, inputs, output):
+        before = callback._captured
+        original(module, inputs, output)
+        if callback._captured is not None and before is None:
+            sizes.append(inputs[0].shape[0])
+
+    callback._capture = spy  # on_train_begin hooks `self._capture`, i.e. this spy
+    trainer.train()
+    assert [s.step for s in callback.history] == [0, 2, 4]  # optimizer steps, not micro-batches
+    assert sizes == [8, 8]  # one micro-batch captured per measurement
+
+
+def test_unwrap_finds_the_model_under_ddp_and_compile_wrappers() -> None:
+    inner = nn.Module()
+    ddp_like, compiled_like = nn.Module(), nn.Module()
+    ddp_like.module = inner
+    compiled_like._orig_mod = ddp_like
+    assert unwrap_distillation_model(compiled_like) is inner and unwrap_distillation_model(inner) is inner
 
 
 def test_callback_refuses_a_run_without_projector(tmp_path: Path) -> None:
