@@ -188,6 +188,7 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
         self.last_correlation: torch.Tensor | None = None
         self._pending: dict[str, float] = {}
         self._armed = False
+        self._measuring = False  # our own projector forward (linear_r2) must not feed the hook's buffers
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
@@ -242,6 +243,8 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _capture(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if self._measuring:
+            return
         if self.r2_samples > 0 and module.training:
             self._recent_inputs.append(inputs[0].detach())
             while sum(x.shape[0] for x in self._recent_inputs) - self._recent_inputs[0].shape[0] >= self.r2_samples:
@@ -272,9 +275,12 @@ class ProjectorDiagnosticsCallback(TrainerCallback):
         inputs = torch.cat(list(self._recent_inputs))[-self.r2_samples :]
         if inputs.shape[0] < 2 * inputs.shape[1]:
             return None
-        with torch.no_grad():
-            weight = projector_weight(projector)
-            outputs = projector(inputs.to(weight.dtype))
+        self._measuring = True
+        try:
+            with torch.no_grad():
+                outputs = projector(inputs.to(projector_weight(projector).dtype))
+        finally:
+            self._measuring = False
         return linear_predictability(inputs.float().cpu(), outputs.float().cpu())
 
     @staticmethod

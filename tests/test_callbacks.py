@@ -88,12 +88,16 @@ def test_linear_r2_is_one_for_linear_projectors_and_lower_for_mlp() -> None:
     for projector, low, high in ((linear, 0.999, 1.0), (mlp, 0.0, 0.9)):
         callback = ProjectorDiagnosticsCallback(every_n_steps=1, r2_samples=256)
         projector.train()
-        for start in range(0, 600, 50):
-            callback._capture(projector, (x[start : start + 50],), projector(x[start : start + 50]))
+        hook = projector.register_forward_hook(callback._capture)
+        with torch.no_grad():
+            for start in range(0, 600, 50):
+                projector(x[start : start + 50])
         kept = sum(batch.shape[0] for batch in callback._recent_inputs)
         assert 256 <= kept < 256 + 50
         value = callback._snapshot(projector, step=1).linear_r2
         assert low <= value <= high + 1e-6
+        assert sum(batch.shape[0] for batch in callback._recent_inputs) == kept  # its own forward is not recorded
+        hook.remove()
 
 
 def _trainer(tmp_path: Path, **overrides) -> DistillationTrainer:
