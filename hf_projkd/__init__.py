@@ -1,6 +1,7 @@
 """hf_projkd: projector-based feature distillation (SRD, Miles & Mikolajczyk, AAAI 2024) for Hugging Face."""
 
 from . import models  # registers the CIFAR architectures with the transformers Auto classes
+from .callbacks import ProjectorDiagnosticsCallback, add_projector_diagnostics
 from .checkpointing import IncompleteCheckpointError, latest_complete_checkpoint
 from .config import DistillationArguments
 from .features import FeatureExtractor, ModelFeatures
@@ -32,10 +33,12 @@ __all__ = [
     "FeatureExtractor",
     "IncompleteCheckpointError",
     "NonFiniteLossError",
+    "ProjectorDiagnosticsCallback",
     "StudentHubMixin",
     "latest_complete_checkpoint",
     "LossSettings",
     "ModelFeatures",
+    "add_projector_diagnostics",
     "build_feature_norm",
     "build_projector",
     "classification_loss",
