@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +17,11 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 NUM_CLASSES = 5
 IMAGE_SIZE = 32
+
+# Data and teachers in ../shared (beside the repository); tests that need them skip where they are absent.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR10 = SHARED / "data" / "cifar10-jpeg"
+RESNET20 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet20.safetensors"
 
 
 def tiny_vit(num_labels: int = NUM_CLASSES, seed: int = 0) -> ViTForImageClassification:

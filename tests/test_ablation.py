@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_args
+from conftest import CIFAR10, RESNET20, make_args
 
 from hf_projkd.ablation import (
     ARMS,
@@ -27,9 +27,6 @@ from hf_projkd.models import CIFAR10_RESNET_MEAN, CIFAR10_RESNET_STD, CIFAR100_M
 from hf_projkd.recipes_cifar import CifarDistillationTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10-jpeg"
-RESNET20 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet20.safetensors"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

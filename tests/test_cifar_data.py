@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader
@@ -19,8 +19,6 @@ from hf_projkd.data.cifar import (
     decode_image_dataset,
     random_crop_flip,
 )
-
-CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +28,6 @@ from hf_projkd.models import (  # noqa: E402
     load_cifar10_resnet,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR10_WEIGHTS = SHARED / "weights" / "cifar10-resnet"
 CIFAR10_TEST = SHARED / "data" / "cifar10-jpeg" / "test-00000-of-00001.parquet"
 MODELING_FILE = Path(__file__).resolve().parents[1] / "hf_projkd" / "models" / "modeling_cifar.py"

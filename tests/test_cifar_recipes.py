@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CIFAR10, RESNET20
 from transformers import AutoModelForImageClassification
 
 from hf_projkd import DistillationArguments
@@ -26,9 +27,6 @@ from hf_projkd.recipes_cifar import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10-jpeg"
-RESNET20 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet20.safetensors"
 needs_shared = pytest.mark.skipif(
     not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 data and ResNet20 weights"
 )
