@@ -382,6 +382,17 @@ SRD_LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
+RUN_DEFAULTS: dict[str, Any] = {
+    # data loading, evaluation and checkpointing shared by the ImageNet recipes: once per epoch, last 2 kept
+    "dataloader_num_workers": 10,
+    "dataloader_persistent_workers": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 100,
+}
+
+
 def deit_defaults(student: str, output_dir: str) -> dict[str, Any]:
     """DeiT's ImageNet recipe with the RegNetY-160 teacher and the SRD losses (METHOD.md, 'DeiT' row).
 
@@ -389,6 +400,7 @@ def deit_defaults(student: str, output_dir: str) -> dict[str, Any]:
     """
     return {
         **SRD_LOSS_DEFAULTS,
+        **RUN_DEFAULTS,
         "student": student,
         "output_dir": output_dir,
         "teacher_model_name_or_path": "timm/regnety_160.deit_in1k",
@@ -408,12 +420,6 @@ def deit_defaults(student: str, output_dir: str) -> dict[str, Any]:
         "per_device_eval_batch_size": 256,
         "max_grad_norm": 1.0,
         "bf16": True,
-        "dataloader_num_workers": 10,
-        "dataloader_persistent_workers": True,
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "save_total_limit": 2,
-        "logging_steps": 100,
     }
 
 
@@ -423,6 +429,7 @@ def resnet18_defaults(output_dir: str = "outputs/imagenet_resnet18_srd") -> dict
     224 + flip only; eval resize 256 + center crop 224."""
     return {
         **SRD_LOSS_DEFAULTS,
+        **RUN_DEFAULTS,
         "student": "resnet18",
         "output_dir": output_dir,
         "teacher_model_name_or_path": "timm/resnet34.tv_in1k",
@@ -446,10 +453,4 @@ def resnet18_defaults(output_dir: str = "outputs/imagenet_resnet18_srd") -> dict
         "reprob": 0.0,
         "mixup_alpha": 0.0,
         "cutmix_alpha": 0.0,
-        "dataloader_num_workers": 10,
-        "dataloader_persistent_workers": True,
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "save_total_limit": 2,
-        "logging_steps": 100,
     }
