@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from datasets import ClassLabel, Dataset
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from transformers import Trainer, set_seed
 from transformers.modeling_outputs import ImageClassifierOutput
 
@@ -31,6 +30,7 @@ from .losses import classification_loss
 from .metrics import compute_accuracy
 from .models import CIFAR100_MEAN, CIFAR100_STD, create_cifar_model, load_cifar10_resnet
 from .models.configuration_cifar import normalize_architecture_name
+from .schedules import StepDecayMixin
 from .trainer import DistillationTrainer
 
 #: Loss settings of each method; everything else (optimizer, schedule, data, budget) is shared.
@@ -163,18 +163,13 @@ def recipe_defaults(argv: list[str], base: dict[str, Any] | None = None) -> dict
 
 
 # -- trainers ------------------------------------------------------------------------------------------------
-class StepDecayMixin:
+class CrdStepDecayMixin(StepDecayMixin):
     """Multiplies the learning rate by ``lr_decay_rate`` at fixed fractions of the run (the CRD schedule)."""
 
     lr_decay_at: tuple[float, ...] = ()
-    lr_decay_rate: float = 0.1
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> LRScheduler:
-        if self.lr_scheduler is None and self.lr_decay_at:
-            milestones = sorted({max(1, round(f * num_training_steps)) for f in self.lr_decay_at})
-            self.lr_scheduler = MultiStepLR(optimizer or self.optimizer, milestones, gamma=self.lr_decay_rate)
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
+    def lr_milestones(self, num_training_steps: int) -> list[int]:
+        return sorted({max(1, round(f * num_training_steps)) for f in self.lr_decay_at})
 
 
 class ClassifierTrainer(Trainer):
@@ -223,11 +218,11 @@ class ClassifierTrainer(Trainer):
             save_student(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
 
 
-class CifarClassifierTrainer(StepDecayMixin, ClassifierTrainer):
+class CifarClassifierTrainer(CrdStepDecayMixin, ClassifierTrainer):
     """``ClassifierTrainer`` with the CRD step schedule."""
 
 
-class CifarDistillationTrainer(StepDecayMixin, DistillationTrainer):
+class CifarDistillationTrainer(CrdStepDecayMixin, DistillationTrainer):
     """``DistillationTrainer`` with the CRD step schedule."""
 
 

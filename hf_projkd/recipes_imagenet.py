@@ -20,7 +20,6 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -38,6 +37,7 @@ from .features import is_timm_model
 from .hub import MeasuredResult
 from .loading import load_image_classifier
 from .metrics import top_k_accuracy
+from .schedules import StepDecayMixin
 from .trainer import DistillationTrainer
 from .validation import label_names
 
@@ -188,29 +188,16 @@ def align_imagenet_teacher_labels(teacher: nn.Module, class_names: list[str]) ->
         teacher.pretrained_cfg = {**teacher.pretrained_cfg, "label_names": list(class_names)}
 
 
-# -- schedule --------------------------------------------------------------------------------------------------
-class StepDecay:
-    """Linear warmup, then ``lr * gamma ** (number of milestones passed)``; a callable object so that the
-    ``LambdaLR`` state (and so resuming) keeps it."""
-
-    def __init__(self, milestones: list[int], gamma: float, warmup_steps: int) -> None:
-        self.milestones, self.gamma, self.warmup_steps = sorted(milestones), gamma, warmup_steps
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        return self.gamma ** sum(step >= m for m in self.milestones)
-
-
-class RecipeTrainer(DistillationTrainer):
+# -- trainer -------------------------------------------------------------------------------------------------------
+class RecipeTrainer(StepDecayMixin, DistillationTrainer):
     """``DistillationTrainer`` + a separate eval collator (no Mixup at evaluation) + the epoch step schedule."""
 
     def __init__(self, *args: Any, eval_data_collator: Any = None, milestone_steps: list[int] | None = None,
                  lr_step_gamma: float = 0.1, repeated_augmentation: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
-        self.milestone_steps = milestone_steps
-        self.lr_step_gamma = lr_step_gamma
+        self.milestone_steps = milestone_steps or []
+        self.lr_decay_rate = lr_step_gamma
         self.repeated_augmentation = repeated_augmentation
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
@@ -230,14 +217,8 @@ class RecipeTrainer(DistillationTrainer):
         finally:
             self.data_collator = train_collator
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        if not self.milestone_steps:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            warmup = self.args.get_warmup_steps(num_training_steps)
-            schedule = StepDecay(self.milestone_steps, self.lr_step_gamma, warmup)
-            self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer, schedule)
-        return self.lr_scheduler
+    def lr_milestones(self, num_training_steps: int) -> list[int]:
+        return self.milestone_steps
 
 
 def configure_schedule(args: DistillationArguments, recipe: RecipeArguments, num_train: int | None,

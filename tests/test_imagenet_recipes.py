@@ -33,7 +33,8 @@ from hf_projkd.data.imagenet import (
     build_eval_transform,
     load_imagenet,
 )
-from hf_projkd.recipes_imagenet import StepDecay, build_student, configure_schedule, run
+from hf_projkd.recipes_imagenet import build_student, configure_schedule, run
+from hf_projkd.schedules import StepDecay
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
