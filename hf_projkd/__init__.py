@@ -2,11 +2,15 @@
 
 from . import models  # registers the CIFAR architectures with the transformers Auto classes
 from .callbacks import ProjectorDiagnosticsCallback, add_projector_diagnostics
-from .checkpointing import IncompleteCheckpointError, latest_complete_checkpoint
-from .config import DistillationArguments
-from .features import FeatureExtractor, ModelFeatures
-from .hub import StudentHubMixin
-from .loading import load_image_classifier
+from .checkpointing import (
+    IncompleteCheckpointError,
+    OutputDirInUseError,
+    ResumeMismatchError,
+    latest_complete_checkpoint,
+)
+from .config import METHOD_PRESETS, METHODS, DistillationArguments, method_preset
+from .families import ModelAdapter, ModelFeatures, adapter_for
+from .loading import create_student, load_image_classifier
 from .losses import (
     classification_loss,
     dkd_loss,
@@ -15,42 +19,47 @@ from .losses import (
     logsum_feature_loss,
     smooth_l1_feature_loss,
 )
-from .metrics import compute_accuracy, top_k_accuracy
+from .metrics import agreement_metrics, top_k_accuracy
 from .modeling import DistillationModel, DistillationOutput, LossSettings
 from .projector import BatchFeatureNorm, build_feature_norm, build_projector
-from .serialization import load_student_weights, save_student
+from .teacher_check import TeacherCheckError
 from .trainer import DistillationTrainer
 from .validation import NonFiniteLossError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "METHODS",
+    "METHOD_PRESETS",
     "BatchFeatureNorm",
     "DistillationArguments",
     "DistillationModel",
     "DistillationOutput",
     "DistillationTrainer",
-    "FeatureExtractor",
     "IncompleteCheckpointError",
-    "NonFiniteLossError",
-    "ProjectorDiagnosticsCallback",
-    "StudentHubMixin",
-    "latest_complete_checkpoint",
     "LossSettings",
+    "ModelAdapter",
     "ModelFeatures",
+    "NonFiniteLossError",
+    "OutputDirInUseError",
+    "ProjectorDiagnosticsCallback",
+    "ResumeMismatchError",
+    "TeacherCheckError",
+    "adapter_for",
     "add_projector_diagnostics",
+    "agreement_metrics",
     "build_feature_norm",
     "build_projector",
     "classification_loss",
-    "compute_accuracy",
+    "create_student",
     "dkd_loss",
     "kd_loss",
     "l2_feature_loss",
+    "latest_complete_checkpoint",
     "load_image_classifier",
-    "load_student_weights",
-    "models",
     "logsum_feature_loss",
-    "save_student",
+    "method_preset",
+    "models",
     "smooth_l1_feature_loss",
     "top_k_accuracy",
 ]

@@ -1,18 +1,25 @@
-"""Recipe argument parsing: dataclass groups via ``HfArgumentParser``, from a YAML/JSON file and the CLI.
+"""Recipe command lines: dataclass groups via ``HfArgumentParser``, with config files and method presets.
 
-``--config FILE`` loads defaults from a file; every field can still be overridden on the command line, so
-``recipe.py --config base.yaml --learning_rate 0.01`` works as users of the transformers examples expect.
+Precedence, lowest first: the recipe's own config files (``recipes/configs/*.yaml``) and defaults, the loss fields
+of ``--method`` (``METHOD_PRESETS``), the user's ``--config FILE``, and the command-line flags. Every token is
+parsed by ``argparse``: ``--method=kd`` and ``--method kd`` mean the same, a flag without its value is an error
+with the usage, and an unknown field in a file is an error that names it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
+
+from .config import METHODS, method_preset
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -21,36 +28,71 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
     text = path.read_text()
-    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"--config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") \
+            from error
+    if values is None:
+        return {}
     if not isinstance(values, dict):
         raise ValueError(f"--config {path} must hold a mapping of field names to values, got {type(values).__name__}.")
     return values
 
 
 def parse_recipe_args(
-    dataclass_types: tuple[type, ...], defaults: dict[str, Any] | None = None, argv: list[str] | None = None
-) -> tuple[Any, ...]:
-    """Parse ``dataclass_types`` with recipe ``defaults`` < ``--config`` file < command-line flags.
+    dataclass_types: tuple[type, ...],
+    config_files: Sequence[str | Path] = (),
+    defaults: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
+) -> tuple[tuple[Any, ...], set[str]]:
+    """Parse ``dataclass_types`` (see the module docstring for the precedence).
 
-    Unknown keys in the defaults or the file are an error that names them, so a typo never silently keeps a
-    default.
+    Returns the dataclass instances and the names of the fields the USER set (in ``--config`` or on the command
+    line), so a recipe can tell a value it chose from one it was asked for (e.g. ``learning_rate`` given
+    explicitly turns the recipe's base-learning-rate rule off).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    parser.add_argument("--config", default=None, help="YAML or JSON file with field values (CLI flags win).")
-    values = dict(defaults or {})
-    if "--config" in argv:
-        index = argv.index("--config")
-        values.update(read_config_file(argv[index + 1]))
-        del argv[index : index + 2]
-    known = {action.dest for action in parser._actions}
+    names = [{f.name for f in fields(t)} for t in dataclass_types]
+    known = set().union(*names)
+    has_method = "method" in known
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    if has_method:
+        pre.add_argument("--method", default=None, choices=METHODS)
+    given, rest = pre.parse_known_args(argv)
+
+    values: dict[str, Any] = {}
+    for path in config_files:
+        values.update(read_config_file(path))
+    values.update(defaults or {})
+    user = read_config_file(given.config) if given.config else {}
+    if has_method:
+        method = getattr(given, "method", None) or user.get("method") or values.get("method")
+        if method is not None:
+            values.update(method_preset(method), method=method)
+    values.update(user)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Unknown fields {unknown} in the recipe defaults or --config file; --help lists the fields.")
+        raise ValueError(
+            f"Unknown fields {unknown} in {'--config ' + str(given.config) if given.config else 'the recipe config'};"
+            " --help lists the fields."
+        )
+
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML or JSON file with field values (command-line flags win).")
     parser.set_defaults(**values)
-    namespace = parser.parse_args(argv)
-    fields_of = [{f for f in getattr(t, "__dataclass_fields__", {})} for t in dataclass_types]
-    outputs = []
-    for dataclass_type, names in zip(dataclass_types, fields_of, strict=True):
-        outputs.append(dataclass_type(**{k: v for k, v in vars(namespace).items() if k in names}))
-    return tuple(outputs)
+    namespace = parser.parse_args(rest)
+    explicit = set(user) | _flags_given(parser, rest)
+    if has_method and getattr(given, "method", None):
+        explicit.add("method")
+    groups = tuple(t(**{k: v for k, v in vars(namespace).items() if k in n}) for t, n in zip(dataclass_types, names,
+                                                                                               strict=True))
+    return groups, explicit
+
+
+def _flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options that appear in ``argv`` (``--name value`` and ``--name=value`` forms)."""
+    by_flag = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    return {by_flag[token.split("=", 1)[0]] for token in argv if token.split("=", 1)[0] in by_flag}

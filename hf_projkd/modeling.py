@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .features import FeatureExtractor
+from .families import ModelAdapter, adapter_for
 from .losses import FEATURE_LOSSES, classification_loss, dkd_loss, hard_labels, kd_loss
 from .projector import build_feature_norm, build_projector
 
@@ -43,10 +43,12 @@ class LossSettings:
 
 @dataclass
 class DistillationOutput(ModelOutput):
-    """Output of ``DistillationModel``: total loss, inference logits and the unweighted loss components."""
+    """Output of ``DistillationModel``: total loss, inference logits and the unweighted loss components (and, at
+    evaluation, the teacher's logits on the same batch when the trainer measures them)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
     loss_ce: torch.Tensor | None = None
     loss_logit: torch.Tensor | None = None
     loss_feature: torch.Tensor | None = None
@@ -70,19 +72,21 @@ class DistillationModel(nn.Module):
         settings: LossSettings,
         projector: str = "linear",
         feature_norm: str = "batchnorm",
-        extractor: FeatureExtractor | None = None,
+        adapter: ModelAdapter | None = None,
         sync_feature_norm: bool = False,
     ) -> None:
         super().__init__()
         self.student = student
         self.settings = settings
-        self.student_features = extractor if extractor is not None else FeatureExtractor(student)
+        self.student_features = adapter if adapter is not None else adapter_for(student)
+        self.feature_dims = (student_feature_dim, teacher_feature_dim)
         if settings.feature_loss_weight > 0:
             self.projector = build_projector(projector, student_feature_dim, teacher_feature_dim)
             self.student_norm = build_feature_norm(feature_norm, teacher_feature_dim, sync=sync_feature_norm)
             self.teacher_norm = build_feature_norm(feature_norm, teacher_feature_dim, sync=sync_feature_norm)
         else:  # no feature term: no unused parameters for DDP to complain about
             self.projector = self.student_norm = self.teacher_norm = None
+        self.register_state_dict_post_hook(_contiguous_state)
 
     def forward(
         self,
@@ -113,6 +117,14 @@ class DistillationModel(nn.Module):
 
     def project(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(BN(z_s W + b), BN(z_t))`` in float32: the two sides the feature loss compares."""
+        for side, tensor, dim in (("student", student_features, self.feature_dims[0]),
+                                  ("teacher", teacher_features, self.feature_dims[1])):
+            if tensor.dim() != 2 or tensor.shape[1] != dim:
+                raise ValueError(
+                    f"The {side}'s features have shape {tuple(tensor.shape)}, the projector was built for (batch, "
+                    f"{dim}). Pass {side}_feature_dim / {side}_feature_module for the features you mean, or (cached "
+                    "teacher outputs) store 'teacher_features' of the teacher's pooled pre-logit dim."
+                )
         projected = self.projector(student_features)
         return self.student_norm(projected.float()), self.teacher_norm(teacher_features.float())
 
@@ -154,3 +166,10 @@ class DistillationModel(nn.Module):
                 "same projector, feature_norm and feature_loss_weight (>0 or 0) as the run that wrote it."
             )
         self.load_state_dict(state, strict=False)
+
+
+def _contiguous_state(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    """Checkpoints are safetensors files, which take only contiguous tensors: copy channels_last weights."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state[key] = value.contiguous()

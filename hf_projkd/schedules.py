@@ -1,8 +1,9 @@
-"""The step learning-rate schedule of the CNN protocols (CRD on CIFAR, torchvision on ImageNet), for Trainers."""
+"""The step learning-rate schedule of the CNN protocols (CRD on CIFAR, torchvision on ImageNet).
+
+transformers ships no step-decay schedule and torch's ``MultiStepLR`` has no warmup, hence this small one.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -21,20 +22,10 @@ class StepDecay:
         return self.gamma ** sum(step >= m for m in self.milestones)
 
 
-class StepDecayMixin:
-    """Trainer mixin: ``StepDecay`` at the steps ``lr_milestones`` returns (warmup from the arguments); without
-    milestones, the Trainer's own ``lr_scheduler_type``."""
-
-    lr_decay_rate: float = 0.1
-
-    def lr_milestones(self, num_training_steps: int) -> list[int]:
-        """Optimizer steps at which the lr is multiplied by ``lr_decay_rate``; override."""
-        return []
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        milestones = self.lr_milestones(num_training_steps)
-        if self.lr_scheduler is None and milestones:
-            schedule = StepDecay(milestones, self.lr_decay_rate, self.args.get_warmup_steps(num_training_steps))
-            self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer, schedule)
-            self._created_lr_scheduler = True  # so the Trainer rebuilds it on a later train() call
-        return super().create_scheduler(num_training_steps, optimizer)
+def step_decay_scheduler(
+    optimizer: torch.optim.Optimizer, fractions: tuple[float, ...], rate: float, num_training_steps: int,
+    warmup_steps: int,
+) -> LambdaLR:
+    """``StepDecay`` with milestones at ``fractions`` of ``num_training_steps`` (so a shorter run keeps the shape)."""
+    milestones = sorted({max(1, round(f * num_training_steps)) for f in fractions})
+    return LambdaLR(optimizer, StepDecay(milestones, rate, warmup_steps))

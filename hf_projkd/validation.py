@@ -1,47 +1,25 @@
-"""Checks of the setup and data that ``DistillationTrainer`` runs before training, and the one it runs during it.
+"""Checks of the setup, data and batches that ``DistillationTrainer`` runs, and the non-finite loss guard.
 
-Each check fails with an error that says what was expected, what was found and how to fix it, so that a
-mistake stops the run in its first seconds instead of training something silently wrong for days.
+Each check fails with an error that says what was expected, what was found and how to fix it, so that a mistake
+stops the run in its first seconds instead of training something silently wrong for days. Batch checks read only
+shapes and dtypes (no device sync).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from .data.loading import LABEL_COLUMNS, check_label_range
+from .families import ModelAdapter, Normalization
 
 logger = logging.getLogger(__name__)
 
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]
-_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
-
 
 # -- teacher vs student ----------------------------------------------------------------------------------------
-def input_normalization(model: nn.Module, processor: Any = None) -> Normalization | None:
-    """(mean, std) the model's inputs are normalised with: from an image processor, a transformers config
-    (``image_mean`` / ``image_std``) or timm's ``pretrained_cfg``; None when the model does not say."""
-    candidates = [processor, getattr(model, "config", None)]
-    for owner in (model, getattr(model, "timm_model", None)):
-        cfg = getattr(owner, "pretrained_cfg", None)
-        if isinstance(cfg, Mapping):
-            candidates.append(cfg)
-    for source in candidates:
-        if source is None:
-            continue
-        get = source.get if isinstance(source, Mapping) else lambda key, s=source: getattr(s, key, None)
-        mean = get("image_mean") if get("image_mean") is not None else get("mean")
-        std = get("image_std") if get("image_std") is not None else get("std")
-        if mean is not None and std is not None:
-            return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    return None
-
-
 class TeacherInputNormalizer:
     """Turns pixels normalised for the student into pixels normalised for the teacher (what timm's distillation
     task does): ``x_t = (x_s * std_s + mean_s - mean_t) / std_t``, per channel."""
@@ -59,56 +37,28 @@ class TeacherInputNormalizer:
         return pixel_values * scale + shift
 
 
-def teacher_input_normalizer(
-    student: nn.Module, teacher: nn.Module, renormalize: bool = True, processor: Any = None
-) -> TeacherInputNormalizer | None:
-    """A ``TeacherInputNormalizer`` when student and teacher declare different normalisations, else None.
-
-    With ``renormalize=False`` a difference is an error instead: the teacher would otherwise see inputs with the
-    wrong statistics and give poor targets without any visible failure.
-    """
-    student_norm, teacher_norm = input_normalization(student, processor), input_normalization(teacher)
-    if student_norm is None or teacher_norm is None or _close(student_norm, teacher_norm):
-        return None
-    if not renormalize:
-        raise ValueError(
-            f"The student's inputs are normalised with mean/std {student_norm} but the teacher expects "
-            f"{teacher_norm}. Set renormalize_teacher_inputs=True to convert the batch for the teacher, or pass "
-            "'teacher_pixel_values' prepared with the teacher's own transform in each batch."
-        )
-    logger.info("Teacher inputs are re-normalised from the student's mean/std %s to the teacher's %s.",
-                student_norm, teacher_norm)
-    return TeacherInputNormalizer(student_norm, teacher_norm)
-
-
-def _close(a: Normalization, b: Normalization) -> bool:
+def same_normalization(a: Normalization, b: Normalization) -> bool:
     flat_a, flat_b = [*a[0], *a[1]], [*b[0], *b[1]]
     return len(flat_a) == len(flat_b) and all(abs(x - y) < 1e-6 for x, y in zip(flat_a, flat_b, strict=True))
 
 
-def label_names(model: nn.Module) -> list[str] | None:
-    """Class names of a model in class-index order, or None when it only has the default ``LABEL_<i>`` names."""
-    config = getattr(model, "config", None)
-    id2label = getattr(config, "id2label", None)
-    if id2label:
-        names = [str(id2label[i]) for i in sorted(id2label, key=int)]
-    else:
-        timm_model = getattr(model, "timm_model", model)
-        cfg = getattr(timm_model, "pretrained_cfg", None)
-        names = list(cfg.get("label_names") or []) if isinstance(cfg, Mapping) else []
-    if not names or all(_DEFAULT_LABEL.match(name) for name in names):
-        return None
-    return names
+def _canonical(name: str) -> str:
+    """Class names compared without case, surrounding spaces, or '_' vs ' ' ('Golden_retriever' is
+    'golden retriever')."""
+    return " ".join(name.replace("_", " ").split()).casefold()
 
 
-def check_label_names(student: nn.Module, teacher: nn.Module) -> None:
+def check_label_names(student: ModelAdapter, teacher: ModelAdapter) -> None:
     """Student and teacher must mean the same class by the same logit index for a logit loss to make sense."""
-    student_names, teacher_names = label_names(student), label_names(teacher)
-    if student_names is None or teacher_names is None or student_names == teacher_names:
+    student_names, teacher_names = student.label_names(), teacher.label_names()
+    if student_names is None or teacher_names is None:
         return
-    differ = [(i, s, t) for i, (s, t) in enumerate(zip(student_names, teacher_names, strict=False)) if s != t][:5]
-    how = ("the same classes in another order" if sorted(student_names) == sorted(teacher_names)
-           else "different classes")
+    canonical_s, canonical_t = [_canonical(n) for n in student_names], [_canonical(n) for n in teacher_names]
+    if canonical_s == canonical_t:
+        return
+    differ = [(i, s, t) for i, (s, t) in enumerate(zip(student_names, teacher_names, strict=False))
+              if _canonical(s) != _canonical(t)][:5]
+    how = "the same classes in another order" if sorted(canonical_s) == sorted(canonical_t) else "different classes"
     raise ValueError(
         f"The student's and the teacher's class names differ ({how}); first differences (index, student, "
         f"teacher): {differ}. The logit loss compares logits index by index, so it would teach wrong classes. "
@@ -116,21 +66,9 @@ def check_label_names(student: nn.Module, teacher: nn.Module) -> None:
     )
 
 
-def probe_failure_message(
-    teacher: nn.Module, student_size: tuple[int, ...], teacher_size: tuple[int, ...] | None, error: Exception
-) -> str:
-    """Why the teacher cannot run on the student's inputs, and the two ways out."""
-    expects = f"expects {teacher_size} inputs" if teacher_size else "does not declare its input size"
-    return (
-        f"The teacher ({type(teacher).__name__}) {expects} and failed on the student's input size {student_size} "
-        f"({error}). Prepare inputs at the teacher's size and pass them as 'teacher_pixel_values' in each batch, "
-        "or use a teacher that accepts the student's resolution (pass input_size=(C, H, W) if it was mis-inferred)."
-    )
-
-
 # -- data and batch size ---------------------------------------------------------------------------------------
-def check_train_dataset(dataset: Any, num_classes: int, args: Any, split: str = "train") -> None:
-    """Non-empty, labels within ``[0, num_classes)``, and no per-device batch of 1 under batch norm."""
+def check_dataset(dataset: Any, num_classes: int | None, args: Any, split: str = "train") -> None:
+    """Non-empty, integer labels within ``[0, num_classes)``, and no per-device batch of 1 under batch norm."""
     if dataset is None:
         return
     try:
@@ -139,13 +77,21 @@ def check_train_dataset(dataset: Any, num_classes: int, args: Any, split: str = 
         return
     if size == 0:
         raise ValueError(
-            f"The {split} dataset is empty (0 examples). Check the split name, the data path and any filter or "
-            "select applied to it."
+            f"The {split} dataset is empty (0 examples). Check the split name, the data path and any filter, select "
+            "or max_*_samples applied to it."
         )
     columns = getattr(dataset, "column_names", None) or []
     column = next((name for name in ("labels", *LABEL_COLUMNS) if name in columns), None)
     if column is not None:
-        check_label_range(dataset, num_classes, column, split=split)
+        feature = (getattr(dataset, "features", None) or {}).get(column)
+        if getattr(feature, "dtype", None) in ("string", "large_string"):
+            raise ValueError(
+                f"The {split} split's '{column}' column holds strings ({dataset[0][column]!r}, ...): the losses need "
+                f"class indices. Encode it first: dataset = dataset.class_encode_column({column!r}) (then "
+                "dataset.features[...].names are the class names)."
+            )
+        if num_classes is not None:
+            check_label_range(dataset, num_classes, column, split=split)
     if split == "train" and getattr(args, "feature_norm", None) == "batchnorm" and args.feature_loss_weight > 0:
         check_batch_norm_batches(size, args)
 
@@ -166,13 +112,51 @@ def check_batch_norm_batches(num_examples: int, args: Any) -> None:
         )
 
 
-def check_batch(inputs: Mapping[str, Any]) -> None:
-    """A training batch must carry ``pixel_values``; say which keys it has instead of a bare KeyError."""
+def check_batch(inputs: Mapping[str, Any], channels: int | None, needs_labels: bool) -> None:
+    """A batch carries float NCHW ``pixel_values`` with the model's channel count, and class-index or soft
+    ``labels``; anything else is named, with the fix (shapes and dtypes only: no device sync)."""
     if "pixel_values" not in inputs:
         raise KeyError(
             f"The batch has no 'pixel_values' (its keys: {sorted(inputs)}). Return 'pixel_values' (and 'labels') "
             "from your transform/collator; with load_image_dataset, name the image column with --image_column."
         )
+    pixels = inputs["pixel_values"]
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(f"'pixel_values' must be a tensor, got {type(pixels).__name__}: stack them in your collator.")
+    if not pixels.is_floating_point():
+        raise TypeError(
+            f"'pixel_values' are {pixels.dtype}, expected normalised floats: convert the images with the model's "
+            "transform (e.g. ToTensor + Normalize, or an image processor) instead of feeding raw pixel values."
+        )
+    if pixels.dim() != 4:
+        raise ValueError(f"'pixel_values' must be (batch, channels, height, width), got shape {tuple(pixels.shape)}.")
+    if channels is not None and pixels.shape[1] != channels:
+        layout = (" It looks like (batch, height, width, channels): permute to channels-first with "
+                  "pixel_values.permute(0, 3, 1, 2)." if pixels.shape[-1] == channels else "")
+        grey = (" Grey images: convert them to RGB (image.convert('RGB')) in the transform."
+                if pixels.shape[1] == 1 and channels == 3 else "")
+        raise ValueError(
+            f"'pixel_values' have {pixels.shape[1]} channels (shape {tuple(pixels.shape)}) but the model expects "
+            f"{channels}.{layout}{grey}"
+        )
+    labels = inputs.get("labels")
+    if labels is None:
+        if needs_labels:
+            raise KeyError(
+                f"The batch has no 'labels' (its keys: {sorted(inputs)}), which the cross-entropy (and DKD) need. "
+                "Return class indices under 'labels' from your transform/collator (a dataset's 'label' column is not "
+                "renamed automatically), or set ce_weight=0 with logit_loss='kl'."
+            )
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"'labels' must be a tensor of class indices, got {type(labels).__name__} ({labels!r:.60}). String "
+            "labels: encode them (dataset.class_encode_column('label'))."
+        )
+    if labels.dim() == 1 and labels.is_floating_point():
+        raise TypeError(f"'labels' of shape {tuple(labels.shape)} are {labels.dtype}: expected integer class indices.")
+    if labels.shape[0] != pixels.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {pixels.shape[0]} images in the batch.")
 
 
 # -- during training -------------------------------------------------------------------------------------------
@@ -183,13 +167,14 @@ class NonFiniteLossError(FloatingPointError):
 class NonFiniteLossGuard:
     """Records, without a device sync per step, whether any loss component was NaN/inf; ``check`` raises.
 
-    The trainer calls ``check`` before every log and checkpoint, so a diverged run stops before it can
-    overwrite anything with NaN weights, and the last checkpoint written is the last good one.
+    The trainer calls ``check`` before every log and checkpoint, so a diverged run stops before it can overwrite
+    anything with NaN weights, and the last checkpoint written is the last good one.
     """
 
     def __init__(self) -> None:
         self._bad: dict[str, torch.Tensor] = {}
         self.checked_step = 0
+        self.failed = False
 
     def observe(self, components: Mapping[str, torch.Tensor | None]) -> None:
         for name, value in components.items():
@@ -199,12 +184,13 @@ class NonFiniteLossGuard:
             self._bad[name] = bad if name not in self._bad else self._bad[name] | bad
 
     def check(
-        self, step: int, output_dir: str | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self, step: int, last_good: Callable[[], Any] | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """Raise ``NonFiniteLossError`` naming the component(s) if any was NaN/inf since the last check.
 
-        ``reduce`` (a sum over processes) makes every process see the same flags and stop together, instead of
-        one raising while the others wait in the next collective.
+        ``reduce`` (a sum over processes) makes every process see the same flags and stop together, instead of one
+        raising while the others wait in the next collective.
         """
         names = sorted(self._bad)
         flags = torch.stack([self._bad[name] for name in names]).int() if names else None
@@ -215,11 +201,10 @@ class NonFiniteLossGuard:
         if not bad:
             self.checked_step = step
             return
-        from .checkpointing import latest_complete_checkpoint
-
-        last_good = latest_complete_checkpoint(output_dir) if output_dir else None
+        self.failed = True
+        good = last_good() if last_good is not None else None
         parts = [name for name in bad if name != "loss"] or ["loss (the weighted sum; every component was finite)"]
-        kept = (f"The last good checkpoint is {last_good}: resume from it" if last_good else
+        kept = (f"The last good checkpoint is {good}: resume from it" if good else
                 "No complete checkpoint was written before: restart")
         raise NonFiniteLossError(
             f"The training loss became NaN/inf between steps {self.checked_step} and {step}, in {', '.join(parts)}. "

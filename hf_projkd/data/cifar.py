@@ -124,7 +124,8 @@ class CifarCollator:
 
     When the teacher was trained with other statistics (e.g. the shared CIFAR-10 ResNets use ImageNet's), pass
     ``teacher_mean``/``teacher_std``: the batch then also carries ``teacher_pixel_values``, the SAME augmented
-    images normalised the teacher's way, which ``DistillationTrainer`` feeds to the teacher.
+    images normalised the teacher's way, which ``DistillationTrainer`` feeds to the teacher. Other tensor keys of
+    the items (cached ``teacher_logits`` / ``teacher_features``) are stacked as they are.
     """
 
     def __init__(
@@ -149,8 +150,58 @@ class CifarCollator:
         }
         if self.teacher is not None:
             batch["teacher_pixel_values"] = (pixels - self.teacher[0]) / self.teacher[1]
+        for key in features[0].keys() - batch.keys():  # e.g. cached teacher_logits / teacher_features
+            batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
         return batch
 
 
 def _channel_stat(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32)[:, None, None]
+
+
+@dataclass
+class DecodedSplits:
+    """Decoded train and eval images of one dataset, and its class names (in label order)."""
+
+    train: DecodedImages
+    eval: DecodedImages
+    class_names: list[str]
+
+
+def load_decoded_splits(
+    source: str,
+    train_split: str = "train",
+    eval_split: str = "test",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    image_size: int | None = None,
+) -> DecodedSplits:
+    """Load two splits of ``source`` (Hub id, parquet or image folder), take the subsets (a fixed random train
+    subset, seed 0; the first eval images) and decode them once."""
+    from datasets import ClassLabel
+
+    from .loading import load_image_dataset, resolve_columns
+
+    splits = load_image_dataset(source)
+    for split in (train_split, eval_split):
+        if split not in splits:
+            raise ValueError(f"{source} has no split {split!r} (it has {list(splits)}): pass --train_split / "
+                             "--eval_split.")
+    train, evaluation = splits[train_split], splits[eval_split]
+    image_column, label_column = resolve_columns(train, image_column, label_column)
+    feature = train.features.get(label_column)
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(
+            f"The label column {label_column!r} of {source} is {type(feature).__name__}, not a ClassLabel: the class "
+            "names and their order are unknown. Cast it (dataset.class_encode_column / cast_column(..., ClassLabel("
+            "names=[...]))) or use an image folder, whose class folders give the names."
+        )
+    if max_train_samples is not None and max_train_samples < len(train):
+        train = train.shuffle(seed=0).select(range(max_train_samples))
+    if max_eval_samples is not None and max_eval_samples < len(evaluation):
+        evaluation = evaluation.select(range(max_eval_samples))
+    decoded_train = decode_image_dataset(train, image_column, label_column, image_size)
+    decoded_eval = decode_image_dataset(evaluation, image_column, label_column, image_size)
+    return DecodedSplits(decoded_train, decoded_eval, list(feature.names))

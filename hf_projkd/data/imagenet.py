@@ -1,8 +1,9 @@
 """ImageNet-style data for the recipes: loading (Hub id, parquet or image folder; optionally streamed), timm
-train/eval transforms, and the collators (Mixup/CutMix for training, plain stacking for evaluation).
+train/eval transforms, the collator and DeiT's repeated-augmentation sampler.
 
 Train transforms follow DeiT: bicubic RandomResizedCrop + flip, RandAugment ``rand-m9-mstd0.5-inc1``, random
 erasing. Eval transforms resize the shorter side to ``input_size / crop_pct`` and center-crop ``input_size``.
+Mixup / CutMix are not here: ``DistillationTrainer`` applies them on the device (``mixup_alpha``, ...).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 import torch
 from datasets import ClassLabel, Dataset, IterableDataset
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import AugmentOp
 
 from .loading import load_image_dataset, resolve_columns
-from .mixup import MixupCollator, collate_images
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 """Size of the ILSVRC-2012 train split, for step counts when streaming and the dataset does not say."""
@@ -58,15 +60,6 @@ class ImageNetDataArguments:
     )
     reprob: float = field(default=0.25, metadata={"help": "Random erasing probability."})
     remode: str = field(default="pixel", metadata={"help": "Random erasing fill mode (pixel, rand, const)."})
-    mixup_alpha: float = field(default=0.8, metadata={"help": "Mixup Beta alpha (0 disables mixup)."})
-    cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables cutmix)."})
-    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
-    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of CutMix when both are on."})
-    repeated_augmentation: int = field(
-        default=1,
-        metadata={"help": "Repeated augmentation (DeiT: 3): each epoch draws N/r images and shows each r times, "
-                  "differently augmented, spread over the processes. 1 disables it (plain shuffling)."},
-    )
     image_mean: list[float] = field(
         default_factory=lambda: list(IMAGENET_DEFAULT_MEAN), metadata={"help": "Normalisation mean (RGB)."}
     )
@@ -74,15 +67,54 @@ class ImageNetDataArguments:
         default_factory=lambda: list(IMAGENET_DEFAULT_STD), metadata={"help": "Normalisation std (RGB)."}
     )
 
-    @property
-    def uses_mixup(self) -> bool:
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+    def __post_init__(self) -> None:
+        for name in ("max_train_samples", "max_eval_samples", "num_train_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 (or left unset for the whole split), got "
+                                 f"{getattr(self, name)}.")
+        if self.input_size < 1 or not 0 < self.crop_pct <= 1:
+            raise ValueError(f"--input_size must be >= 1 and --crop_pct in (0, 1], got {self.input_size} and "
+                             f"{self.crop_pct}.")
+
+
+def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack ``pixel_values`` (C, H, W) and hard ``labels`` into a batch."""
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(ex["pixel_values"]) for ex in examples]),
+        "labels": torch.as_tensor([int(ex["labels"]) for ex in examples], dtype=torch.long),
+    }
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize with its 0-bit level kept: Pillow >= 13 refuses ``bits=0``, which older Pillow turned into
+    a black image (timm's 'inc1' RandAugment reaches it at its strongest level)."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    from PIL import ImageOps
+
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def _with_safe_posterize(transform: Callable) -> Callable:
+    for op in _walk(transform):
+        if isinstance(op, AugmentOp) and op.name.startswith("Posterize"):
+            op.aug_fn = _posterize
+    return transform
+
+
+def _walk(transform: Any, depth: int = 0):
+    yield transform
+    if depth < 6:
+        for child in [*getattr(transform, "transforms", []), *getattr(transform, "ops", [])]:
+            yield from _walk(child, depth + 1)
 
 
 def build_train_transform(args: ImageNetDataArguments) -> Callable:
     """timm's training pipeline: RandomResizedCrop, flip, RandAugment, to tensor, normalise, random erasing."""
     auto_augment = None if args.auto_augment in (None, "", "none") else args.auto_augment
-    return create_transform(
+    return _with_safe_posterize(create_transform(
         input_size=args.input_size,
         is_training=True,
         scale=(args.train_scale_min, 1.0),
@@ -93,7 +125,7 @@ def build_train_transform(args: ImageNetDataArguments) -> Callable:
         std=tuple(args.image_std),
         re_prob=args.reprob,
         re_mode=args.remode,
-    )
+    ))
 
 
 def build_eval_transform(args: ImageNetDataArguments) -> Callable:
@@ -150,20 +182,16 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler[int]):
 
 @dataclass
 class ImageData:
-    """The transformed splits, their class names, and the collators that batch them."""
+    """The transformed splits, their class names and size (``collate_images`` batches them)."""
 
     train: Dataset | IterableDataset
     eval: Dataset | IterableDataset
     class_names: list[str]
-    train_collator: Callable[[list[dict[str, Any]]], dict]
-    eval_collator: Callable[[list[dict[str, Any]]], dict]
     num_train_examples: int | None
 
 
-def load_imagenet(args: ImageNetDataArguments, label_smoothing: float = 0.0, seed: int = 0) -> ImageData:
-    """Load both splits, attach the transforms (lazily: images are decoded and augmented on access) and build
-    the collators. ``label_smoothing`` goes into the Mixup soft targets; without mixup it stays with the loss.
-    """
+def load_imagenet(args: ImageNetDataArguments, seed: int = 0) -> ImageData:
+    """Load both splits and attach the transforms (lazily: images are decoded and augmented on access)."""
     splits = load_image_dataset(args.dataset_name, streaming=args.streaming)
     for split in (args.train_split, args.eval_split):
         if split not in splits:
@@ -184,17 +212,7 @@ def load_imagenet(args: ImageNetDataArguments, label_smoothing: float = 0.0, see
         train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
     train = _with_transform(train, build_train_transform(args), image_column, label_column)
     evaluation = _with_transform(evaluation, build_eval_transform(args), image_column, label_column)
-    train_collator: Callable = collate_images
-    if args.uses_mixup:
-        train_collator = MixupCollator(
-            num_classes=len(class_names),
-            mixup_alpha=args.mixup_alpha,
-            cutmix_alpha=args.cutmix_alpha,
-            prob=args.mixup_prob,
-            switch_prob=args.mixup_switch_prob,
-            label_smoothing=label_smoothing,
-        )
-    return ImageData(train, evaluation, class_names, train_collator, collate_images, num_train)
+    return ImageData(train, evaluation, class_names, num_train)
 
 
 def _class_names(dataset: Dataset | IterableDataset, label_column: str) -> list[str]:

@@ -1,19 +1,16 @@
-"""Load an image-classification dataset from a Hub id, a local parquet file/folder or an image folder."""
+"""Load an image-classification dataset from a Hub id, a local parquet file/folder or an image folder, and check
+its splits, columns and labels."""
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset
-from datasets import Image as ImageFeature
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -127,83 +124,3 @@ def check_label_range(dataset: Dataset, num_labels: int, label_column: str = "la
         f"at rows {bad[:5].tolist()}.{hint} Build the student with num_labels={high + 1} if the data has that many "
         "classes, or fix/remap the labels."
     )
-
-
-# -- image decoding ------------------------------------------------------------------------------------------------
-IMAGE_ERRORS = ("skip", "raise")
-
-
-class UndecodableImageError(ValueError):
-    """An image that PIL cannot decode (truncated, corrupt or not an image)."""
-
-
-class ImageDecoder:
-    """Decodes dataset image values to PIL images in one mode (RGB), counting and skipping the undecodable ones.
-
-    Grayscale, RGBA, CMYK, palette ... images are converted, with one notice per source mode (the model's stem
-    expects 3 channels, and a silent mix of modes is a classic source of crashes deep in a long run).
-    ``on_error='skip'`` drops an undecodable image with a warning and counts it in ``num_failed``;
-    ``on_error='raise'`` stops with an error naming it. Use ``without_decoding`` on the dataset first, so that
-    ``datasets`` hands over the raw bytes instead of raising itself.
-    """
-
-    def __init__(self, on_error: str = "skip", mode: str = "RGB") -> None:
-        if on_error not in IMAGE_ERRORS:
-            raise ValueError(f"on_error={on_error!r} is not supported: expected one of {IMAGE_ERRORS}.")
-        self.on_error, self.mode = on_error, mode
-        self.num_failed = 0
-        self.converted_modes: set[str] = set()
-
-    def __call__(self, value: Any, where: str = "an image") -> Image.Image | None:
-        try:
-            image = _open(value)
-            image.load()  # decode fully now: truncated files fail here, not inside a transform later
-        except Exception as error:
-            self.num_failed += 1
-            if self.on_error == "raise":
-                raise UndecodableImageError(
-                    f"Cannot decode {where} ({type(error).__name__}: {error}). Fix or remove the file, or use "
-                    "ImageDecoder(on_error='skip') to drop undecodable images with a warning."
-                ) from error
-            logger.warning("Skipping undecodable %s (%s: %s); %d skipped so far.",
-                           where, type(error).__name__, error, self.num_failed)
-            return None
-        if image.mode != self.mode:
-            if image.mode not in self.converted_modes:
-                self.converted_modes.add(image.mode)
-                logger.warning("Converting %s images to %s (first one: %s); further ones are converted silently.",
-                               image.mode, self.mode, where)
-            image = image.convert(self.mode)
-        return image
-
-    def decode_batch(self, batch: dict[str, list], image_column: str) -> dict[str, list]:
-        """``batch`` (a ``set_transform`` batch) with decoded images, minus the rows whose image failed."""
-        images = [self(value, f"row {i} of the batch") for i, value in enumerate(batch[image_column])]
-        keep = [i for i, image in enumerate(images) if image is not None]
-        decoded = {name: [values[i] for i in keep] for name, values in batch.items() if name != image_column}
-        decoded[image_column] = [images[i] for i in keep]
-        return decoded
-
-
-def _open(value: Any) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"]))
-        if value.get("path"):
-            return Image.open(value["path"])
-        raise ValueError(f"an image value with neither bytes nor path: {sorted(value)}")
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    if isinstance(value, (str, Path)):
-        return Image.open(value)
-    raise TypeError(f"expected a PIL image, bytes, a path or a {{'bytes', 'path'}} dict, got {type(value).__name__}")
-
-
-def without_decoding(dataset: Dataset, image_column: str) -> Dataset:
-    """``dataset`` with ``image_column`` left as raw bytes/paths, for ``ImageDecoder`` to decode."""
-    feature = dataset.features.get(image_column) if dataset.features else None
-    if isinstance(feature, ImageFeature) and feature.decode:
-        return dataset.cast_column(image_column, ImageFeature(decode=False))
-    return dataset

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .callbacks import ProjectorSnapshot
+from hf_projkd.callbacks import ProjectorSnapshot
 
 History = Sequence[ProjectorSnapshot | Mapping[str, Any]]
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
