@@ -1,9 +1,10 @@
 """CIFAR-10 mini accuracy benchmark on CPU: ce / kd / srd / srd+kd (optionally dkd, srd+dkd), same budget and seeds.
 
 Teacher: the shared CIFAR-10 ResNet56 (83.20 % on the full test split). Student: a from-scratch CIFAR ResNet.
-Every method runs through ``hf_projkd.recipes_cifar.run_cifar`` with the CRD protocol (SGD 0.9, lr 0.05, wd 5e-4,
-batch 64, lr x0.1 at 62.5/75/87.5 % of the run, crop 32 pad 4 + flip) on a fixed random train subset and a few
-epochs; only the loss fields of METHOD_PRESETS differ between methods. Writes the markdown table itself:
+Every method runs through ``recipes/cifar.py`` (``parse`` + ``run``) with the CRD protocol of
+``recipes/configs/crd.yaml`` (SGD 0.9, lr 0.05, wd 5e-4, batch 64, lr x0.1 at 62.5/75/87.5 % of the run, crop 32
+pad 4 + flip) on a fixed random train subset and a few epochs; only the loss fields of ``hf_projkd.METHOD_PRESETS``
+differ between methods. Writes the markdown table itself:
 
     python benchmarks/cifar10_mini.py --train_samples 4000 --epochs 2 --seeds 0 1
 """
@@ -26,21 +27,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from hf_projkd import DistillationArguments  # noqa: E402
-from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages  # noqa: E402
-from hf_projkd.recipes_cifar import (  # noqa: E402
-    CRD_PROTOCOL,
-    METHOD_PRESETS,
-    CifarData,
-    CifarRecipeArguments,
-    input_statistics,
-    load_cifar_data,
-    load_teacher,
-    run_cifar,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import cifar  # noqa: E402
 
+from hf_projkd import METHODS, adapter_for, load_image_classifier  # noqa: E402
+from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages, DecodedSplits  # noqa: E402
+
+BATCH = 64  # the CRD protocol's (recipes/configs/crd.yaml)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +45,7 @@ def parse() -> argparse.Namespace:
     teacher = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet56.safetensors"
     parser.add_argument("--teacher", default=str(teacher))
     parser.add_argument("--student", default="resnet8")
-    parser.add_argument("--methods", nargs="+", default=["ce", "kd", "srd", "srd+kd"], choices=list(METHOD_PRESETS))
+    parser.add_argument("--methods", nargs="+", default=["ce", "kd", "srd", "srd+kd"], choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--train_samples", type=int, default=4000)
     parser.add_argument("--eval_samples", type=int, default=2000)
@@ -64,9 +58,11 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE",
-        help="Override DistillationArguments fields for every method, e.g. --set feature_loss_weight=1.",
+        help="Override recipe / DistillationArguments fields for every method, e.g. --set feature_loss_weight=1.",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (for the full-data GPU version).")
+    parser.add_argument("--fast", action="store_true", help="The recipe's GPU fast path (--gpu_data true, compiled "
+                        "with CUDA graphs): data on the GPU, crop/flip per batch on the GPU.")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads; 1 is several times faster when other jobs share the cores (less spin-waiting).",
@@ -100,15 +96,15 @@ def write_markdown(path: Path, argv: str, setup: dict, runs: list[dict], elapsed
         "",
         f"Command: `{argv}`",
         "",
-        f"Machine: {machine()}. On CPU the cores were shared with other jobs, so wall times are upper bounds.",
+        f"Machine: {machine()}.",
         "",
         f"Setup: teacher {setup['teacher_name']} (top-1 {setup['teacher_top1']:.2f} % on the evaluation images; "
         f"83.20 % on the full test split), student {setup['student']} from scratch, "
         f"{setup['train_samples']} training images (fixed random subset, seed 0), {setup['epochs']:g} epochs "
-        f"({setup['steps']} steps of batch {CRD_PROTOCOL['per_device_train_batch_size']}), evaluation on "
+        f"({setup['steps']} steps of batch {BATCH}), evaluation on "
         f"{setup['eval_on']}, final checkpoint (no best-epoch selection). CRD protocol: SGD "
         "momentum 0.9, lr 0.05, weight decay 5e-4, lr x0.1 at 62.5/75/87.5 % of the run, random crop 32 pad 4 + "
-        "flip. Loss per method: `hf_projkd.recipes_cifar.METHOD_PRESETS` (kd: 0.1 CE + 0.9 KL at T=4; srd: CE + "
+        "flip. Loss per method: `hf_projkd.METHOD_PRESETS` (kd: 0.1 CE + 0.9 KL at T=4; srd: CE + "
         "2 LogSum(alpha 4) on BN-normalised linear projections; srd+kd: the paper's CE + 2 LogSum + KL at T=1).",
         "",
         *([f"Overrides for every method: `{setup['overrides']}`.", ""] if setup["overrides"] else []),
@@ -136,21 +132,19 @@ def main() -> None:
         torch.set_num_threads(options.threads)
     argv = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
-    recipe = CifarRecipeArguments(
+    recipe = cifar.CifarRecipeArguments(
         method="ce", student=options.student, teacher=options.teacher, dataset=options.data,
-        max_train_samples=options.train_samples, max_eval_samples=options.eval_samples,
+        max_train_samples=options.train_samples + options.holdout, max_eval_samples=options.eval_samples,
     )
-    if options.holdout:
-        recipe.max_train_samples = options.train_samples + options.holdout
-    data = load_cifar_data(recipe)
+    data = cifar.load_data(recipe)
     if options.holdout:  # the first train_samples rows are the same subset as without --holdout
-        pixels, labels = data.train.pixels, data.train.labels
-        n = options.train_samples
-        data = CifarData(DecodedImages(pixels[:n], labels[:n]), DecodedImages(pixels[n:], labels[n:]), data.id2label)
-        recipe.max_train_samples = n
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in options.set)}
-    teacher = load_teacher(options.teacher)
-    collator = CifarCollator(recipe.mean, recipe.std, *(input_statistics(teacher) or (recipe.mean, recipe.std)))
+        pixels, labels, n = data.train.pixels, data.train.labels, options.train_samples
+        data = DecodedSplits(DecodedImages(pixels[:n], labels[:n]), DecodedImages(pixels[n:], labels[n:]),
+                             data.class_names)
+    overrides = [item.split("=", 1) for item in options.set]
+    teacher = load_image_classifier(options.teacher)
+    declared = adapter_for(teacher).input_normalization()
+    collator = CifarCollator(recipe.mean, recipe.std, *(declared.values if declared else (recipe.mean, recipe.std)))
     setup = {
         "teacher_name": Path(options.teacher).stem,
         "teacher_top1": teacher_top1(teacher, CifarTensorDataset(data.eval), collator),
@@ -161,27 +155,30 @@ def main() -> None:
             f"{len(data.eval)} held-out training images (not the test split)" if options.holdout
             else f"the first {len(data.eval)} test images"
         ),
-        "overrides": overrides,
+        "overrides": dict(overrides),
         "epochs": options.epochs,
-        "steps": int(-(-len(data.train) // CRD_PROTOCOL["per_device_train_batch_size"]) * options.epochs),
+        "steps": int(-(-len(data.train) // BATCH) * options.epochs),
     }
     print(json.dumps(setup), flush=True)
     runs: list[dict] = []
     output = Path(options.output)
     log = output.with_suffix(".jsonl")
     log.write_text("")
+    device = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    fast = ["--gpu_data", "true", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead",
+            "--teacher_compile", "true"] if options.fast else []
     for method in options.methods:
         for seed in options.seeds:
             with tempfile.TemporaryDirectory() as folder:
-                values = {**CRD_PROTOCOL, **METHOD_PRESETS[method]}
-                values.update(
-                    output_dir=folder, num_train_epochs=options.epochs, seed=seed, disable_tqdm=True, logging_steps=25,
-                    use_cpu=not torch.cuda.is_available(), bf16=options.bf16,
-                )
-                values.update(overrides)
-                args = DistillationArguments(**values)
-                run_recipe = CifarRecipeArguments(**{**vars(recipe), "method": method})
-                result = run_cifar(run_recipe, args, data)
+                run_argv = [
+                    "--method", method, "--student", options.student, "--teacher", options.teacher,
+                    "--dataset", options.data, "--num_train_epochs", str(options.epochs), "--seed", str(seed),
+                    "--output_dir", folder, "--save_strategy", "no", "--disable_tqdm", "true",
+                    "--logging_steps", "25", "--bf16", str(options.bf16).lower(), *device, *fast,
+                    *[token for name, value in overrides for token in (f"--{name}", value)],
+                ]
+                run_recipe, args = cifar.parse(run_argv)
+                result = cifar.run(run_recipe, args, data)
             runs.append(result)
             with log.open("a") as handle:
                 handle.write(json.dumps(result) + "\n")

@@ -1,7 +1,8 @@
 """Training speed and peak memory of the DeiT-Ti recipe step, plus parameters / MACs of the recipes' models.
 
-Runs the real recipe code path (``recipes/deit_tiny.py`` defaults parsed by ``hf_projkd.recipes_imagenet``,
-``RecipeTrainer``, drop path, Mixup/CutMix collator, AdamW no-decay-on-1-d, bf16 on GPU) for
+Runs the real recipe code path (``recipes/configs/deit.yaml`` parsed by ``recipes/imagenet.py``,
+``DistillationTrainer``, drop path, Mixup/CutMix on the device, AdamW no-decay-on-1-d, bf16 and the bf16 channels_last
+teacher on GPU) for
 ``--warmup + --steps`` steps on random 224 px images (no JPEG decoding: the model step is measured, not the input
 pipeline), with a randomly initialised DeiT-Ti student and RegNetY-160 teacher (weights do not change the speed).
 Images/s is timed over the ``--steps`` steps after ``--warmup``; peak memory is ``torch.cuda.max_memory_allocated``
@@ -26,19 +27,20 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+
 import timm  # noqa: E402
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from hf_projkd.data.mixup import MixupCollator  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import deit_tiny  # noqa: E402
+from imagenet import configure_schedule  # noqa: E402
+from imagenet import parse as parse_recipe  # noqa: E402
+
+from hf_projkd import DistillationTrainer, create_student  # noqa: E402
+from hf_projkd.data.imagenet import collate_images  # noqa: E402
 from hf_projkd.hub import count_macs, count_parameters  # noqa: E402
-from hf_projkd.recipes_imagenet import (  # noqa: E402
-    RecipeTrainer,
-    build_student,
-    configure_schedule,
-    deit_defaults,
-    parse_args,
-)
 
 NUM_CLASSES = 1000
 SIZE = 224
@@ -84,8 +86,8 @@ def model_costs() -> dict:
     """Parameters and GMACs at 224 px of every recipe model (1000 classes), counted on random-init models."""
     names = [str(i) for i in range(NUM_CLASSES)]
     models = {
-        "deit-tiny (DeiTForImageClassificationWithTeacher)": build_student("deit-tiny", names, SIZE),
-        "deit-small (DeiTForImageClassificationWithTeacher)": build_student("deit-small", names, SIZE),
+        "deit-tiny (DeiTForImageClassificationWithTeacher)": create_student("deit-tiny", names, SIZE),
+        "deit-small (DeiTForImageClassificationWithTeacher)": create_student("deit-small", names, SIZE),
         "resnet18 (timm)": timm.create_model("resnet18", num_classes=NUM_CLASSES),
         "resnet34 (timm, teacher)": timm.create_model("resnet34", num_classes=NUM_CLASSES),
         "regnety_160 (timm, teacher)": timm.create_model("regnety_160", num_classes=NUM_CLASSES),
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="Extra recipe flags, e.g. --set teacher_dtype=auto teacher_channels_last=false.")
     cli = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as output_dir:
@@ -111,20 +115,20 @@ def main() -> None:
         argv = ["--output_dir", output_dir, "--max_steps", str(total), "--per_device_train_batch_size", str(cli.batch),
                 "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1000000",
                 "--dataloader_num_workers", str(cli.workers), "--dataloader_persistent_workers", "false",
-                "--disable_tqdm", "true"]
+                "--disable_tqdm", "true", "--teacher_check", "off", "--eval_teacher_metrics", "false"]
         if cli.device == "cpu":
-            argv += ["--use_cpu", "--bf16", "false"]
-        recipe, _, args = parse_args(deit_defaults("deit-tiny", output_dir), argv)
+            argv += ["--use_cpu", "true", "--bf16", "false"]
+        argv += [token for item in cli.set for token in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
+        recipe, _, args = parse_recipe("deit.yaml", {**deit_tiny.DEFAULTS, "output_dir": output_dir}, argv)
         dataset = RandomImages(total * cli.batch)
         configure_schedule(args, recipe, len(dataset), streaming=False)
         torch.manual_seed(0)
-        student = build_student("deit-tiny", [str(i) for i in range(NUM_CLASSES)], SIZE, recipe.drop_path_rate)
+        student = create_student("deit-tiny", [str(i) for i in range(NUM_CLASSES)], SIZE,
+                                 drop_path_rate=recipe.drop_path_rate)
         teacher = timm.create_model("regnety_160", num_classes=NUM_CLASSES)
         timer = StepTimer(cli.warmup, cli.device)
-        trainer = RecipeTrainer(
-            student, teacher, args, input_size=(3, SIZE, SIZE), train_dataset=dataset, callbacks=[timer],
-            data_collator=MixupCollator(NUM_CLASSES, label_smoothing=args.label_smoothing_factor),
-        )
+        trainer = DistillationTrainer(student, teacher, args, input_size=(3, SIZE, SIZE), train_dataset=dataset,
+                                      callbacks=[timer], data_collator=collate_images)
         trainer.train()
 
     if cli.device == "cuda":
@@ -135,9 +139,12 @@ def main() -> None:
     result = {
         "benchmark": "DeiT-Ti recipe training step (student fwd/bwd + RegNetY-160 teacher fwd + projector + AdamW)",
         "command": "python benchmarks/deit_tiny_recipe_speed.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(cli).items() if k != "out") + f" --out {cli.out}",
+            f"--{k} {v}" for k, v in vars(cli).items() if k not in ("out", "set"))
+        + (f" --set {' '.join(cli.set)}" if cli.set else "") + f" --out {cli.out}",
         "device": cli.device, "device_name": device_name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "bf16": bool(args.bf16), "batch_per_device": cli.batch, "timed_steps": cli.steps, "warmup_steps": cli.warmup,
+        "bf16": bool(args.bf16), "teacher_dtype": args.teacher_dtype,
+        "teacher_channels_last": args.teacher_channels_last, "batch_per_device": cli.batch,
+        "timed_steps": cli.steps, "warmup_steps": cli.warmup,
         "images_per_second": round(cli.steps * cli.batch / timer.elapsed, 2),
         "seconds_per_step": round(timer.elapsed / cli.steps, 4),
         "peak_memory_GiB": round(peak_gib, 3),

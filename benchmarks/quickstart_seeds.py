@@ -1,4 +1,4 @@
-"""The quickstart (teacher, then CE / KD / SRD students on scikit-learn's digits) over several seeds.
+"""The quickstart (teacher, then CE / KD / SRD+KD students on scikit-learn's digits) over several seeds.
 
     python benchmarks/quickstart_seeds.py --seeds 0 1 2 --out benchmarks/results/quickstart_cpu.md
 
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hf_projkd.config import DistillationArguments
-from hf_projkd.quickstart import QuickstartArguments, run_quickstart
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from quickstart import QuickstartArguments, run_quickstart  # noqa: E402
+
+from hf_projkd import DistillationArguments  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +49,9 @@ def main() -> None:
         f"Python {platform.python_version()}. Wall time {minutes:.1f} min for all seeds.",
         f"Setting: {options.train_samples} train / {1797 - options.train_samples} test digits at "
         f"{options.image_size}x{options.image_size}, teacher {options.teacher_epochs} epochs, each student "
-        f"{options.student_epochs} epochs, SGD 0.05 cosine, batch 32; KD = CE + KL (T=1); SRD = KD + "
-        "2 x LogSum (alpha 4) on batch-normalised linear projections.",
+        f"{options.student_epochs} epochs, SGD 0.05 cosine, batch 32; methods from hf_projkd.METHOD_PRESETS: "
+        "kd = 0.1 CE + 0.9 KL (T=4), srd+kd = CE + KL (T=1) + 2 x LogSum (alpha 4) on batch-normalised linear "
+        "projections.",
         "",
         "| model | arch | top-1 per seed (%) | mean | std |",
         "|---|---|---|---|---|",

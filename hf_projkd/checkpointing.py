@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,47 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike, verify_checksums: 
     return None
 
 
+def check_safetensors_file(path: Path) -> None:
+    """A truncated or corrupt ``.safetensors`` file is an ``OSError`` naming it (the header must describe exactly
+    the bytes the file has), before a library reports it without a name."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as raw:
+            header = int.from_bytes(raw.read(8), "little")
+            if not 0 < header <= size - 8:
+                raise ValueError(f"its header length {header} does not fit in its {size} bytes")
+            meta = json.loads(raw.read(header))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        if 8 + header + end != size:
+            raise ValueError(f"the file has {size} bytes, its header describes {8 + header + end}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise OSError(f"{path} is truncated or corrupt ({error}). Re-save or re-download it.") from error
+
+
+def check_readable(folder: Path) -> None:
+    """Every file of a checkpoint parses: safetensors headers match their sizes, JSON files load, and the zip
+    archives ``torch.save`` writes (optimizer, scheduler, RNG states) pass their CRC checks (nothing is unpickled)."""
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                check_safetensors_file(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise ValueError(f"its entry {bad} fails its CRC check")
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise OSError(f"{path} is truncated or corrupt ({error}): resume from another checkpoint.") from error
+
+
 def verify_checkpoint(folder: str | os.PathLike) -> Path:
-    """``folder`` if it is complete and intact, else ``IncompleteCheckpointError`` saying which one to use."""
+    """``folder`` if it is complete, intact and readable, else an error saying which one to use instead."""
     folder = Path(folder)
     problem = checkpoint_problem(folder)
     if problem is None:
+        check_readable(folder)
         return folder
     good = next((c for c in reversed(list_checkpoints(folder.parent)) if c != folder and not checkpoint_problem(c)),
                 None)
@@ -182,7 +219,7 @@ def resolve_resume_checkpoint(
     if resume_from_checkpoint is True:
         for folder in reversed(list_checkpoints(output_dir)):
             if checkpoint_problem(folder) is None:
-                return str(folder)
+                return str(verify_checkpoint(folder))
         found = [p.name for p in list_checkpoints(output_dir)]
         raise IncompleteCheckpointError(
             f"resume_from_checkpoint=True, but {output_dir} holds no intact checkpoint (found {found or 'none'}). "

@@ -214,10 +214,13 @@ def _config_label_names(model: nn.Module) -> list[str] | None:
 
 
 class TransformersAdapter(ModelAdapter):
-    """transformers classifiers: the features are the input of the last ``nn.Linear`` of ``model.classifier``
-    (what the trained head sees), taken before a dropout that feeds it (MobileNetV2, EfficientNet)."""
+    """transformers classifiers (and any module with a ``classifier`` head): the features are the input of the last
+    ``nn.Linear`` of ``model.classifier`` (what the trained head sees), taken before a dropout that feeds it
+    (MobileNetV2, EfficientNet)."""
 
-    library = "transformers"
+    @property
+    def library(self) -> str:  # type: ignore[override]
+        return "transformers" if isinstance(self.model, PreTrainedModel) else "torch"
 
     def __init__(self, model: nn.Module, feature_module: str | None = None) -> None:
         super().__init__(model, feature_module)
@@ -233,11 +236,19 @@ class TransformersAdapter(ModelAdapter):
         self.head = head[-1]
         self.head.register_forward_pre_hook(self._capture_input)
         self._dropped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._inputs: dict[int, torch.Tensor] = {}
         for dropout in _head_dropouts(model):
+            dropout.register_forward_pre_hook(self._keep_dropout_input)
             dropout.register_forward_hook(self._remember_dropout)
 
+    def _keep_dropout_input(self, module: nn.Module, args: tuple) -> None:
+        # an in-place dropout (MobileNetV2's) overwrites its input: keep a copy of it (B x D, cheap)
+        inplace = getattr(module, "inplace", False) and module.training
+        self._inputs[id(module)] = args[0].clone() if inplace else args[0]
+
     def _remember_dropout(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self._dropped[id(output)] = (output, args[0])  # the output is kept so that its id cannot be reused
+        # the output is kept so that its id cannot be reused while the forward runs
+        self._dropped[id(output)] = (output, self._inputs.pop(id(module), args[0]))
 
     def __call__(self, pixel_values: torch.Tensor) -> ModelFeatures:
         self._dropped = {}
@@ -250,7 +261,7 @@ class TransformersAdapter(ModelAdapter):
             if dropped is not None and dropped[0] is self._captured:
                 self._captured = dropped[1]
             features = self._take_captured("the classifier's input")
-        self._dropped = {}
+        self._dropped, self._inputs = {}, {}
         return ModelFeatures(logits, features, logits, logits)
 
     @property
@@ -262,7 +273,10 @@ class TransformersAdapter(ModelAdapter):
         return self.head.out_features if not self._hooked else getattr(self.model.config, "num_labels", None)
 
     def save(self, output_dir: str | Path) -> None:
-        self.model.save_pretrained(output_dir)
+        if isinstance(self.model, PreTrainedModel):
+            self.model.save_pretrained(output_dir)
+        else:
+            super().save(output_dir)
 
 
 class DeiTWithTeacherAdapter(TransformersAdapter):
@@ -425,12 +439,12 @@ def adapter_for(model: nn.Module, feature_module: str | None = None) -> ModelAda
         return TimmAdapter(model, feature_module)
     if hasattr(model, "distillation_classifier") and hasattr(model, "cls_classifier") and feature_module is None:
         return DeiTWithTeacherAdapter(model)
-    if isinstance(model, PreTrainedModel) and isinstance(getattr(model, "classifier", None), nn.Module):
+    if isinstance(getattr(model, "classifier", None), nn.Module):
         return TransformersAdapter(model, feature_module)
     if feature_module is None:
         raise ValueError(
-            f"Cannot tell where the pre-logit features of {type(model).__name__} are: it is not a timm model, not "
-            "a transformers classifier with a `classifier` head, and no feature_module was given. Pass "
+            f"Cannot tell where the pre-logit features of {type(model).__name__} are: it is not a timm model, has "
+            "no `classifier` head (as transformers classifiers do), and no feature_module was given. Pass "
             "student_feature_module / teacher_feature_module='<submodule name>' (see model.named_modules())."
         )
     return ModelAdapter(model, feature_module)

@@ -17,7 +17,6 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -27,6 +26,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .checkpointing import check_safetensors_file
 from .models import create_cifar_model, load_cifar10_resnet
 from .models.configuration_cifar import normalize_architecture_name
 
@@ -67,7 +67,7 @@ def load_image_classifier(name_or_path: str | os.PathLike, num_labels: int | Non
         )
     try:
         if path.is_file():
-            _check_safetensors(path)
+            check_safetensors_file(path)
             return load_cifar10_resnet(path)
         if path.is_dir():
             _check_folder(path)
@@ -90,27 +90,10 @@ def _load_failure(name: str, path: Path, error: Exception) -> str:
     return what + local + hub
 
 
-def _check_safetensors(path: Path) -> None:
-    """A truncated or corrupted weights file named in the error, before a library reports it without a name."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                handle.get_slice(key)
-        size = path.stat().st_size
-        with open(path, "rb") as raw:
-            header = int.from_bytes(raw.read(8), "little")
-            meta = json.loads(raw.read(header))
-        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
-        if 8 + header + end != size:
-            raise ValueError(f"the file has {size} bytes, its header describes {8 + header + end}")
-    except Exception as error:
-        raise OSError(f"{path} is truncated or corrupt ({error}). Re-save or re-download it.") from error
-
-
 def _check_folder(folder: Path) -> None:
     for name in ("model.safetensors",):
         if (folder / name).is_file():
-            _check_safetensors(folder / name)
+            check_safetensors_file(folder / name)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{folder} has no config.json: expected a folder written by save_pretrained / timm's save_for_hf "

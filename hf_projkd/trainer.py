@@ -155,7 +155,7 @@ class DistillationTrainer(Trainer):
             )
         self._teacher_eval = (teacher is not None and args.eval_teacher_metrics and teacher_classes == student_classes)
         self._teacher_eval_logits: dict[str, np.ndarray] = {}
-        self._eval_key = "eval"
+        self._eval_key: str | None = None  # set while evaluate() runs: which evaluation the teacher logits are for
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._run_lock: RunLock | None = None
@@ -272,7 +272,7 @@ class DistillationTrainer(Trainer):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
         if not model.training:
             outputs = model(pixel_values=pixel_values, labels=labels)
-            if self._teacher_eval and self._eval_key not in self._teacher_eval_logits:
+            if self._teacher_eval and self._eval_key is not None and self._eval_key not in self._teacher_eval_logits:
                 outputs["teacher_logits"] = self.teacher_forward(self._teacher_inputs(inputs)).logits.float()
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         teacher_pixels = inputs.get("teacher_pixel_values")
@@ -442,7 +442,10 @@ class DistillationTrainer(Trainer):
             f"{metric_key_prefix}:{id(eval_dataset)}")
         if self._teacher_eval and not self._teacher_eval_compatible():
             self._teacher_eval = False
-        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._eval_key = None
 
     def distillation_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         """Top-1 / top-5 (%) of the student through the shipped ``evaluate`` metric; with a teacher of the same
@@ -459,7 +462,7 @@ class DistillationTrainer(Trainer):
             logger.warning("%d of %d evaluation samples have NaN/inf student logits (NaN inputs, or a diverged "
                            "model); they count as wrong.", int((~finite).sum()), finite.size)
             metrics["nonfinite_logits"] = int((~finite).sum())
-        if not self._teacher_eval:
+        if not self._teacher_eval or self._eval_key is None:
             return metrics
         if teacher is not None:
             self._teacher_eval_logits[self._eval_key] = np.asarray(teacher, dtype=np.float32)

@@ -129,7 +129,7 @@ def build_trainer(recipe: CifarRecipeArguments, args: DistillationArguments,
     collator = CifarCollator(*student_stats, *(teacher_stats or (None, None)))
     return DistillationTrainer(
         student, teacher, args,
-        train_dataset=CifarTensorDataset(data.train, augment=True, padding=recipe.padding),
+        train_dataset=CifarTensorDataset(data.train, augment=True, padding=recipe.padding, seed=args.seed),
         eval_dataset=CifarTensorDataset(data.eval, augment=False),
         data_collator=collator,
     )

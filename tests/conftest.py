@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,10 +19,17 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 NUM_CLASSES = 5
 IMAGE_SIZE = 32
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))  # the recipes are scripts; tests import them as modules (cifar, ...)
+
 # Data and teachers in ../shared (beside the repository); tests that need them skip where they are absent.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = ROOT.parent / "shared"
 CIFAR10 = SHARED / "data" / "cifar10-jpeg"
 RESNET20 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet20.safetensors"
+RESNET56 = SHARED / "weights" / "cifar10-resnet" / "cifar10_resnet56.safetensors"
+needs_shared = pytest.mark.skipif(
+    not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 data and ResNet20 weights"
+)
 
 
 def tiny_vit(num_labels: int = NUM_CLASSES, seed: int = 0) -> ViTForImageClassification:

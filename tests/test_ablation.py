@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import ablation as recipe
 import pytest
 import torch
-from conftest import CIFAR10, RESNET20, make_args
+from ablation import ARMS, CE_ARM, SRD_ARM, AblationOptions, CachedTeacherDataset, draw_views, teacher_outputs
+from conftest import RESNET20, make_args, needs_shared
 
-from hf_projkd.ablation import (
-    ARMS,
-    CE_ARM,
-    SRD_ARM,
-    AblationOptions,
-    CachedTeacherCollator,
-    CachedTeacherDataset,
-    CachedTeacherTrainer,
-    draw_views,
-    teacher_outputs,
-)
+from hf_projkd import DistillationTrainer, adapter_for
 from hf_projkd.data.cifar import CifarCollator, DecodedImages
-from hf_projkd.features import FeatureExtractor
 from hf_projkd.models import CIFAR10_RESNET_MEAN, CIFAR10_RESNET_STD, CIFAR100_MEAN, CIFAR100_STD, create_cifar_model
-from hf_projkd.recipes_cifar import CifarDistillationTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -54,16 +42,18 @@ def test_cached_teacher_outputs_give_the_same_loss_without_running_the_teacher(t
     plain = CifarCollator(CIFAR100_MEAN, CIFAR100_STD, CIFAR10_RESNET_MEAN, CIFAR10_RESNET_STD)
     logits, features = teacher_outputs(teacher, images, plain, batch_size=6)  # batches of 6: 3 chunks
     batch = plain(_items(images))
-    direct = FeatureExtractor(teacher)(batch["teacher_pixel_values"])
+    direct = adapter_for(teacher)(batch["teacher_pixel_values"])
     assert torch.allclose(logits, direct.logits, atol=1e-5) and torch.allclose(features, direct.features, atol=1e-5)
 
     args = make_args(tmp_path, logit_loss="kl", feature_loss_weight=2.0, per_device_train_batch_size=16)
-    cached_batch = CachedTeacherCollator(CIFAR100_MEAN, CIFAR100_STD)(
+    cached_batch = CifarCollator(CIFAR100_MEAN, CIFAR100_STD)(
         CachedTeacherDataset(images, logits, features).__getitems__(list(range(16)))
     )
     assert set(cached_batch) == {"pixel_values", "labels", "teacher_logits", "teacher_features"}
-    cached = CachedTeacherTrainer(model=student, teacher_model=teacher, args=args, input_size=(3, 32, 32))
-    reference = CifarDistillationTrainer(model=student, teacher_model=teacher, args=args, input_size=(3, 32, 32))
+    # no teacher model at all: the batch's cached outputs are the teacher
+    cached = DistillationTrainer(student, None, make_args(tmp_path, logit_loss="kl", feature_loss_weight=2.0,
+                                                          per_device_train_batch_size=16, teacher_feature_dim=64))
+    reference = DistillationTrainer(student, teacher, args)
     # same projector in both, so the two losses must agree exactly up to float noise
     reference.model.projector.load_state_dict(cached.model.projector.state_dict())
     calls: list[int] = []
@@ -95,11 +85,8 @@ def test_options_refuse_unknown_arms_and_missing_inputs() -> None:
         AblationOptions(data="d", teacher="t", seeds=[])
 
 
-@pytest.mark.skipif(not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 and ResNet20")
+@needs_shared
 def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("recipe_ablation", ROOT / "recipes" / "ablation.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
     arms = [CE_ARM, SRD_ARM, "norm none"]
     report = recipe.main([
         "--teacher", str(RESNET20), "--output_dir", str(tmp_path), "--train_samples", "128", "--epochs", "1",
@@ -130,7 +117,7 @@ def test_ablation_recipe_runs_a_few_steps_and_writes_table_and_plots(tmp_path: P
 
 
 def test_markdown_averages_seeds_and_takes_diagnostics_from_the_first() -> None:
-    from hf_projkd.ablation import markdown
+    from ablation import markdown
 
     def run(arm: str, seed: int, top1: float, rank: float) -> dict:
         summary = {"effective_rank": rank, "sv_near_zero_share": 0.25, "sv_min": 0.1, "sv_top": 1.0}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_args, random_image_dataset, tiny_timm_vit, tiny_vit
+from plotting import plot_correlation, plot_correlation_matrices, plot_singular_values
 from torch import nn
 from transformers import TrainerCallback
 
@@ -22,7 +23,6 @@ from hf_projkd.callbacks import (
     standardised_cross_correlation,
     unwrap_distillation_model,
 )
-from hf_projkd.plotting import plot_correlation, plot_correlation_matrices, plot_singular_values
 from hf_projkd.projector import projector_weight
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

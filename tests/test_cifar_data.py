@@ -58,10 +58,12 @@ def test_decode_names_missing_columns() -> None:
         decode_image_dataset(dataset, "img", "label")
 
 
-def test_random_crop_flip_is_a_padded_crop_of_each_image() -> None:
+@pytest.mark.parametrize("draws", ["generator", "keys", "keys + gather"])
+def test_random_crop_flip_is_a_padded_crop_of_each_image(draws: str) -> None:
     torch.manual_seed(0)
     images = torch.randint(1, 256, (64, 3, 6, 6), dtype=torch.uint8)
-    out = random_crop_flip(images, padding=2)
+    keys = torch.arange(64) * 7919 if draws != "generator" else None
+    out = random_crop_flip(images, padding=2, keys=keys, gather="gather" in draws)
     assert out.shape == images.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     offsets, flips = set(), 0
@@ -117,15 +119,25 @@ def test_collator_skips_teacher_inputs_when_statistics_match() -> None:
         CifarCollator((0.5,) * 3, (0.2,) * 3, teacher_mean=(0.5,) * 3)
 
 
-def test_augmenting_dataset_changes_images_per_fetch() -> None:
+def test_augmentation_is_a_function_of_seed_epoch_and_index_only() -> None:
+    """What makes a resumed run replay the augmentations exactly (issue 12.16): no generator state is involved."""
     images = _decoded(32)
     plain = CifarTensorDataset(images, augment=False)
     assert torch.equal(plain[3]["pixel_values"], images.pixels[3])
-    torch.manual_seed(0)
-    augmented = CifarTensorDataset(images, augment=True, padding=2)
-    first = torch.stack([s["pixel_values"] for s in augmented.__getitems__(list(range(32)))])
-    second = torch.stack([s["pixel_values"] for s in augmented.__getitems__(list(range(32)))])
-    assert not torch.equal(first, images.pixels) and not torch.equal(first, second)
+    augmented = CifarTensorDataset(images, augment=True, padding=2, seed=5)
+
+    def fetch(indices: list[int]) -> torch.Tensor:
+        return torch.stack([s["pixel_values"] for s in augmented.__getitems__(indices)])
+
+    first = fetch(list(range(32)))
+    torch.manual_seed(123)  # the global generator plays no part
+    assert torch.equal(fetch(list(range(32))), first) and not torch.equal(first, images.pixels)
+    assert torch.equal(fetch([7, 3]), first[[7, 3]])  # batch composition and order play no part either
+    augmented.set_epoch(1)
+    assert not torch.equal(fetch(list(range(32))), first)  # a new epoch draws new crops
+    augmented.set_epoch(0)
+    augmented.seed = 6
+    assert not torch.equal(fetch(list(range(32))), first)  # and so does another seed
 
 
 @pytest.mark.skipif(not CIFAR10.is_dir(), reason="needs ../shared/data/cifar10-jpeg")

@@ -1,46 +1,28 @@
-"""CIFAR recipes: method presets and overrides, the CRD step schedule, and every method end to end on real data."""
+"""CIFAR recipes: method presets and overrides, the CRD step schedule, resume, and every method end to end on real
+data."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import cifar
 import pytest
 import torch
-from conftest import CIFAR10, RESNET20
+import train_teacher
+from conftest import CIFAR10, RESNET20, ROOT, make_args, needs_shared, tiny_timm_resnet
 from transformers import AutoModelForImageClassification
 
-from hf_projkd import DistillationArguments
-from hf_projkd.cli import parse_recipe_args
-from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages
+from hf_projkd import METHODS, DistillationArguments, DistillationTrainer
+from hf_projkd.cli import read_config_file
+from hf_projkd.data.cifar import CifarCollator, CifarTensorDataset, DecodedImages, DecodedSplits
 from hf_projkd.models import create_cifar_model
-from hf_projkd.recipes_cifar import (
-    CRD_PROTOCOL,
-    METHODS,
-    CifarClassifierTrainer,
-    CifarData,
-    CifarRecipeArguments,
-    build_cifar_trainer,
-    load_cifar_data,
-    recipe_defaults,
-)
 
-ROOT = Path(__file__).resolve().parents[1]
-needs_shared = pytest.mark.skipif(
-    not (CIFAR10.is_dir() and RESNET20.is_file()), reason="needs ../shared CIFAR-10 data and ResNet20 weights"
-)
+CRD_PROTOCOL = {k: v for k, v in read_config_file(cifar.PROTOCOL).items() if k != "method"}
 
 
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _parse(argv: list[str]) -> tuple[CifarRecipeArguments, DistillationArguments]:
-    return parse_recipe_args((CifarRecipeArguments, DistillationArguments), recipe_defaults(argv), argv)
+def _parse(argv: list[str]) -> tuple[cifar.CifarRecipeArguments, DistillationArguments]:
+    return cifar.parse(argv)
 
 
 def test_method_presets_and_crd_defaults(tmp_path: Path) -> None:
@@ -63,17 +45,30 @@ def test_cli_and_config_file_override_the_preset(tmp_path: Path) -> None:
     assert (args.dkd_beta, args.learning_rate, args.temperature) == (2.0, 0.01, 2.0)
 
 
-def test_unknown_method_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"--method 'fitnet' is not supported: expected one of \('ce'"):
-        recipe_defaults(["--method", "fitnet"])
-    with pytest.raises(ValueError, match="fractions in"):
-        CifarRecipeArguments(lr_decay_at="150,180")
+def test_unknown_method_and_bad_schedule_are_clear_errors(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--method", "fitnet"])
+    assert "argument --method: invalid choice: 'fitnet' (choose from 'ce', 'kd'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fractions of the run in"):
+        _parse(["--lr_decay_at", "150,180", "--output_dir", str(tmp_path)])
+
+
+def test_the_equals_form_and_missing_values_are_parsed_like_the_space_form(tmp_path: Path, capsys) -> None:
+    """Issue 12.2: ``--method=kd`` and ``--config=x.yaml`` were not seen; a flag without its value was an IndexError."""
+    config = tmp_path / "run.yaml"
+    config.write_text("dkd_beta: 3.0\n")
+    recipe, args = _parse([f"--config={config}", "--method=dkd", f"--output_dir={tmp_path}"])
+    assert recipe.method == "dkd" and args.logit_loss == "dkd" and args.dkd_beta == 3.0
+    for flag in ("--method", "--config"):
+        with pytest.raises(SystemExit):
+            _parse([flag])
+        assert f"argument {flag}: expected one argument" in capsys.readouterr().err
 
 
 def test_step_decay_at_fractions_of_the_run_and_decay_on_all_parameters(tmp_path: Path) -> None:
-    args = DistillationArguments(**{**CRD_PROTOCOL, "output_dir": str(tmp_path), "use_cpu": True})
-    trainer = CifarClassifierTrainer(model=create_cifar_model("resnet8", num_labels=10), args=args)
-    trainer.lr_decay_at = (0.5, 0.75)
+    args = DistillationArguments.for_method(
+        "ce", **{**CRD_PROTOCOL, "output_dir": str(tmp_path), "use_cpu": True, "lr_decay_at": [0.5, 0.75]})
+    trainer = DistillationTrainer(create_cifar_model("resnet8", num_labels=10), None, args)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
     rates = []
     for _ in range(100):
@@ -109,7 +104,7 @@ EXPECTED_TERMS = {
 @needs_shared
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_runs_each_method_on_cifar10(method: str, tmp_path: Path) -> None:
-    results = _recipe("cifar").main(_tiny_argv(method, tmp_path))
+    results = cifar.main(_tiny_argv(method, tmp_path))
     assert results["method"] == method and results["global_steps"] == 2
     assert results["train_samples"] == 48 and results["eval_samples"] == 32
     assert 0.0 <= results["top1"] <= 100.0
@@ -127,22 +122,22 @@ def test_trained_teacher_folder_feeds_the_distillation_recipe(tmp_path: Path) ->
     teacher_dir = tmp_path / "teacher"
     argv = _tiny_argv("ce", teacher_dir)
     teacher_argv = [a for a in argv[2:] if a not in ("--teacher", str(RESNET20))]
-    teacher_results = _recipe("train_teacher").main(teacher_argv)
+    teacher_results = train_teacher.main(teacher_argv)
     assert teacher_results["method"] == "ce" and teacher_results["student"] == "resnet8"
     teacher = AutoModelForImageClassification.from_pretrained(teacher_dir)
 
     student_dir = tmp_path / "student"
-    results = _recipe("cifar").main(_tiny_argv("srd+kd", student_dir, teacher=teacher_dir))
+    results = cifar.main(_tiny_argv("srd+kd", student_dir, teacher=teacher_dir))
     assert results["teacher"] == str(teacher_dir) and results["global_steps"] == 2
     # the saved folder is the trained teacher: it reproduces the accuracy the recipe measured
-    recipe = CifarRecipeArguments(dataset=str(CIFAR10), max_train_samples=48, max_eval_samples=32)
-    data = load_cifar_data(recipe)
+    recipe = cifar.CifarRecipeArguments(dataset=str(CIFAR10), max_train_samples=48, max_eval_samples=32)
+    data = cifar.load_data(recipe)
     batch = CifarCollator(recipe.mean, recipe.std)(CifarTensorDataset(data.eval).__getitems__(list(range(32))))
     with torch.no_grad():
         predictions = teacher.eval()(batch["pixel_values"]).logits.argmax(-1)
     assert 100.0 * (predictions == batch["labels"]).float().mean().item() == pytest.approx(teacher_results["top1"])
     with pytest.raises(SystemExit, match="cross-entropy only"):
-        _recipe("train_teacher").main(["--method", "kd"])
+        train_teacher.main(["--method", "kd"])
 
 
 def test_distillation_methods_need_a_teacher(tmp_path: Path) -> None:
@@ -150,16 +145,17 @@ def test_distillation_methods_need_a_teacher(tmp_path: Path) -> None:
         pytest.skip("needs ../shared/data/cifar10-jpeg")
     argv = [a for a in _tiny_argv("kd", tmp_path) if a not in ("--teacher", str(RESNET20))]
     with pytest.raises(ValueError, match="--method kd needs a teacher"):
-        _recipe("cifar").main(argv)
+        cifar.main(argv)
 
 
 def test_seed_fixes_the_student_initialisation(tmp_path: Path) -> None:
     images = DecodedImages(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.arange(8) % 2)
-    data = CifarData(images, images, {0: "a", 1: "b"})
+    data = DecodedSplits(images, images, ["a", "b"])
 
     def first_weight(seed: int) -> torch.Tensor:
-        args = DistillationArguments(**{**CRD_PROTOCOL, "output_dir": str(tmp_path), "use_cpu": True, "seed": seed})
-        trainer = build_cifar_trainer(CifarRecipeArguments(method="ce", student="resnet8"), args, data)
+        recipe, args = _parse(["--method", "ce", "--student", "resnet8", "--output_dir", str(tmp_path), "--use_cpu",
+                               "true", "--seed", str(seed)])
+        trainer = cifar.build_trainer(recipe, args, data)
         torch.rand(3)  # moving the global RNG afterwards must not matter
         return next(trainer.model.parameters()).detach().clone()
 
@@ -167,17 +163,16 @@ def test_seed_fixes_the_student_initialisation(tmp_path: Path) -> None:
     assert not torch.equal(first_weight(3), first_weight(4))
 
 
-def test_classifier_trainer_trains_and_evaluates_a_timm_model(tmp_path: Path, tiny_dataset) -> None:
-    from conftest import make_args, tiny_timm_resnet
-
+def test_the_ce_method_trains_and_evaluates_a_timm_model_without_a_teacher(tmp_path: Path, tiny_dataset) -> None:
     model = tiny_timm_resnet()
     before = [p.detach().clone() for p in model.parameters()]
-    args = make_args(tmp_path, optim="sgd", learning_rate=0.1, label_smoothing_factor=0.1)
-    trainer = CifarClassifierTrainer(model=model, args=args, train_dataset=tiny_dataset, eval_dataset=tiny_dataset)
+    args = make_args(tmp_path, optim="sgd", learning_rate=0.1, label_smoothing_factor=0.1, ce_weight=1.0,
+                     logit_loss="none", feature_loss_weight=0.0)
+    trainer = DistillationTrainer(model, None, args, train_dataset=tiny_dataset, eval_dataset=tiny_dataset)
     batch = {"pixel_values": tiny_dataset[:4]["pixel_values"], "labels": tiny_dataset[:4]["labels"]}
     with torch.no_grad():
         smoothed = torch.nn.functional.cross_entropy(model(batch["pixel_values"]), batch["labels"], label_smoothing=0.1)
-        assert trainer.compute_loss(model, batch).item() == pytest.approx(smoothed.item(), rel=1e-5)
+        assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(smoothed.item(), rel=1e-5)
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     metrics = trainer.evaluate()
@@ -194,4 +189,32 @@ def test_shipped_cifar100_config_parses_to_the_paper_setting() -> None:
     )
     assert (args.feature_loss_weight, args.temperature) == (2.0, 1.0)
     assert (args.num_train_epochs, args.learning_rate) == (240, 0.05)
-    assert recipe.decay_fractions == (0.625, 0.75, 0.875)
+    assert args.lr_decay_fractions == (0.625, 0.75, 0.875)
+    assert args.teacher_model_name_or_path == "teachers/resnet32x4_cifar100"
+
+
+@needs_shared
+def test_the_recipe_resumes_from_a_path_or_true_and_never_restarts_over_checkpoints(tmp_path: Path) -> None:
+    """Issue 12.1: ``--resume_from_checkpoint <checkpoint>`` was ignored, the run restarted at step 1 and rotation
+    deleted the checkpoint. Now a resumed run continues from it and ends where an uninterrupted run ends."""
+    def argv(folder: Path, *extra: str) -> list[str]:
+        return [*_tiny_argv("srd+kd", folder), "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1",
+                "--save_total_limit", "3", *extra]
+
+    cifar.main(argv(tmp_path / "straight"))
+    interrupted = tmp_path / "interrupted"
+    cifar.main(argv(interrupted))
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints .* \(--resume_from_checkpoint true"):
+        cifar.main(argv(interrupted))  # starting afresh over complete checkpoints is refused
+    assert [p.name for p in sorted(interrupted.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2",
+                                                                         "checkpoint-3"]
+    resumed = cifar.main(argv(interrupted, "--resume_from_checkpoint", str(interrupted / "checkpoint-1")))
+    assert resumed["global_steps"] == 3 and resumed["last_train_log"]["step"] == 3
+    state = json.loads((interrupted / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]  # steps 2-3 resumed after 1
+    straight = AutoModelForImageClassification.from_pretrained(tmp_path / "straight")
+    again = AutoModelForImageClassification.from_pretrained(interrupted)
+    for (name, a), b in zip(straight.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)  # augmentation, data order and weights all replayed
+    latest = cifar.main(argv(interrupted, "--resume_from_checkpoint", "true", "--max_steps", "4"))
+    assert latest["global_steps"] == 4 and latest["last_train_log"]["step"] == 4

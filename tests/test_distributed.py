@@ -99,6 +99,19 @@ def test_two_processes_match_one_process_on_the_same_global_batch(ddp_run, tmp_p
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=2e-4), key
 
 
+def test_every_rank_evaluates_and_saves_the_same_batch_norm_statistics(ddp_run):
+    from safetensors.torch import load_file
+
+    first, second = ddp_run[0]["batchnorm"], ddp_run[1]["batchnorm"]
+    assert first["buffers"] and set(first["buffers"]) == set(second["buffers"])
+    for name, value in first["buffers"].items():
+        torch.testing.assert_close(second["buffers"][name], value, atol=0, rtol=0, msg=name)
+    assert first["metrics"]["eval_top1"] == second["metrics"]["eval_top1"]
+    saved = load_file(Path(first["saved"]) / "model.safetensors")
+    for name, value in first["buffers"].items():  # the saved student is the evaluated one
+        torch.testing.assert_close(saved[name], value, atol=0, rtol=0, msg=name)
+
+
 def test_sync_feature_norm_changes_the_feature_term(ddp_run):
     default_logs, sync_logs = ddp_run[0]["default"]["logs"], ddp_run[0]["sync"]["logs"]
     assert default_logs[0]["loss_ce"] == pytest.approx(sync_logs[0]["loss_ce"], abs=1e-4)  # same first batch

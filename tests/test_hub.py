@@ -108,7 +108,7 @@ def test_push_uploads_the_transformers_student_alone_with_its_card(tmp_path, fak
     trainer.train()
     metrics = trainer.evaluate()
     trainer.model_card_context = {"dataset": "synthetic", "dataset_split": "train",
-                                  "teacher_result": MeasuredResult("teacher (tiny ViT)", 12.5, 50.0, "test")}
+                                  "baseline_result": MeasuredResult("from-scratch baseline", 12.5, 50.0, "test")}
     trainer.push_to_hub(commit_message="final", tags=["my-tag"])
 
     (call,) = fake_hub["upload_folder"]
@@ -124,8 +124,12 @@ def test_push_uploads_the_transformers_student_alone_with_its_card(tmp_path, fak
     card = call["files"]["README.md"].decode()
     metadata = _front_matter(card)
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == round(metrics["eval_top1"], 2)
-    assert "| teacher (tiny ViT) | 12.50 | 50.00 | test |" in card
+    assert "| from-scratch baseline | 12.50 | 50.00 | test |" in card
     assert f"| student (this model) | {metrics['eval_top1']:.2f} |" in card and "after step 2 of 2" in card
+    # the teacher and the agreement come from the same evaluation entry as the student's numbers (issue 14)
+    assert f"| teacher (VisionTransformer) | {metrics['eval_teacher_top1']:.2f} |" in card
+    assert f"teacher's class for\n{metrics['eval_teacher_agreement']:.2f} % of them" in card
+    assert f"T = 1 is {metrics['eval_teacher_kl']:.4f}" in card
     assert {"knowledge-distillation", "my-tag"} <= set(metadata["tags"])
     assert "| `feature_loss_weight` | `2.0` |" in card and "| `temperature` | `1.0` |" in card
 
@@ -136,8 +140,25 @@ def test_checkpoint_pushes_upload_a_timm_student_and_never_the_checkpoint(tmp_pa
                      save_strategy="steps", save_steps=1, max_steps=2)
     trainer = DistillationTrainer(tiny_timm_resnet(), tiny_timm_vit(), args, input_size=(3, 32, 32), train_dataset=data)
     trainer.train()
-    assert (tmp_path / "checkpoint-2" / "distillation_state.safetensors").is_file()  # exists locally only
+    local = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert any(key.startswith("projector.") for key in local)  # the checkpoint keeps the projector, locally only
     assert len(fake_hub["upload_folder"]) == 2
     for call in fake_hub["upload_folder"]:
         assert "path_in_repo" not in call and set(call["files"]) == {"config.json", "model.safetensors"}
         assert b'"architecture": "resnet10t"' in call["files"]["config.json"]
+
+
+def test_card_states_the_schedule_that_ran_and_loads_from_the_local_folder_before_a_push(tmp_path):
+    """Issue 12.14: the card said ``lr_scheduler_type: linear`` when the step schedule ran, and used the output folder's
+    name as a Hub id in its usage snippet."""
+    data = random_image_dataset(16)
+    args = make_args(tmp_path / "run-name", lr_decay_at="0.5", lr_decay_rate=0.2, optim="sgd")
+    trainer = DistillationTrainer(tiny_timm_resnet(), tiny_timm_vit(), args, input_size=(3, 32, 32),
+                                  train_dataset=data, eval_dataset=data)
+    trainer.train()
+    trainer.evaluate()
+    trainer.create_model_card()
+    card = (tmp_path / "run-name" / "README.md").read_text()
+    assert "| `lr_schedule` | `step: x0.2 at 0.5 of the run` |" in card and "lr_scheduler_type" not in card
+    assert f'timm.create_model("local-dir:{tmp_path / "run-name"}"' in card and "hf-hub:run-name" not in card
+    assert "| `method` | `srd+kd` |" in card

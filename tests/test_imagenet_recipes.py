@@ -1,13 +1,12 @@
 """The three ImageNet recipes, end to end on tiny random models and a generated 32 px dataset (offline).
 
-Each recipe file's own ``DEFAULTS`` run through ``hf_projkd.recipes_imagenet.run`` (the real code path), with
+Each recipe file's config and ``DEFAULTS`` run through ``recipes/imagenet.py``'s ``run`` (the real code path), with
 only sizes, steps and devices overridden on the command line; then the saved student is reloaded in a fresh
 process that never imports hf_projkd and must give the trained student's logits.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -17,26 +16,34 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import deit_small
+import deit_tiny
 import huggingface_hub
+import imagenet
+import imagenet_resnet18
 import numpy as np
 import pytest
 import timm
 import torch
 from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
+from imagenet import attach_preprocessing, configure_schedule, read_baseline, run
 from PIL import Image
 
-from hf_projkd import save_student
+from hf_projkd import adapter_for, create_student
+from hf_projkd.cli import read_config_file
 from hf_projkd.data.imagenet import (
     ImageNetDataArguments,
     RepeatedAugmentationSampler,
     build_eval_transform,
+    build_train_transform,
+    collate_images,
     load_imagenet,
 )
-from hf_projkd.recipes_imagenet import build_student, configure_schedule, run
 from hf_projkd.schedules import StepDecay
 
-REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"deit_tiny": (deit_tiny, "deit.yaml"), "deit_small": (deit_small, "deit.yaml"),
+           "imagenet_resnet18": (imagenet_resnet18, "imagenet_resnet18.yaml")}
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 TINY_DEIT = {"model_type": "deit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
              "num_attention_heads": 2, "intermediate_size": 64}
@@ -81,15 +88,12 @@ def parquet_folder(tmp_path_factory) -> Path:
 def _timm_teacher(tmp_path_factory, arch: str) -> Path:
     folder = tmp_path_factory.mktemp(f"teacher_{arch}")
     torch.manual_seed(0)
-    save_student(timm.create_model(arch, num_classes=len(CLASSES), pretrained=False), folder)
+    adapter_for(timm.create_model(arch, num_classes=len(CLASSES), pretrained=False)).save(folder)
     return folder
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _config(recipe: str) -> dict:
+    return read_config_file(imagenet.CONFIGS / RECIPES[recipe][1])
 
 
 def _common_argv(output_dir: Path, dataset: Path, teacher: Path) -> list[str]:
@@ -134,8 +138,8 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
     teacher = _timm_teacher(tmp_path_factory, "regnety_002")
     config = tmp_path / "tiny_deit.json"
     config.write_text(json.dumps(TINY_DEIT))
-    module = _load_recipe(recipe)
-    assert module.DEFAULTS["teacher_model_name_or_path"] == "timm/regnety_160.deit_in1k"
+    module, config_name = RECIPES[recipe]
+    assert _config(recipe)["teacher_model_name_or_path"] == "timm/regnety_160.deit_in1k"
     out = tmp_path / "out"
     argv = [*_common_argv(out, image_folder, teacher), "--student", str(config)]
     uploads = []
@@ -145,7 +149,7 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
         monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: uploads.append(
             (kw, sorted(p.name for p in Path(kw["folder_path"]).iterdir()))))
         argv += ["--push_to_hub", "--hub_model_id", "someone/deit-small-srd"]
-    result = run(module.DEFAULTS, argv)
+    trainer, metrics = run(config_name, module.DEFAULTS, argv)
     if recipe == "deit_small":
         (call, files), = uploads
         assert call["repo_id"] == "someone/deit-small-srd"
@@ -153,7 +157,6 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
         card = (Path(call["folder_path"]) / "README.md").read_text()
         assert "someone/deit-small-srd" in card and f"| teacher ({teacher}) |" in card
 
-    trainer = result.trainer
     student = trainer.student
     assert type(student).__name__ == "DeiTForImageClassificationWithTeacher"
     assert trainer.args.weight_decay_filter == "no_1d" and trainer.args.lr_scheduler_type == "cosine_with_min_lr"
@@ -170,13 +173,14 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
     assert "projector.weight" in decayed and "projector.bias" not in decayed
     assert not any(n.endswith(("cls_token", "distillation_token", "position_embeddings", "bias")) for n in decayed)
     assert not any("layernorm" in n for n in decayed)
-    assert 0.0 <= result.metrics["eval_top1"] <= 100.0 and result.teacher_metrics is not None
+    assert 0.0 <= metrics["eval_top1"] <= 100.0 and 0.0 <= metrics["eval_teacher_top1"] <= 100.0
+    assert trainer.args.mixup_alpha == 0.8 and trainer.args.cutmix_alpha == 1.0 and trainer._mixup is not None
 
     files = {p.name for p in out.iterdir() if p.is_file()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files
     assert "distillation_state.safetensors" not in files
     card = (out / "README.md").read_text()
-    assert "knowledge-distillation" in card and f"{result.metrics['eval_top1']:.2f}" in card
+    assert "knowledge-distillation" in card and f"{metrics['eval_top1']:.2f}" in card
 
     pixel_values = _eval_batch(image_folder)
     student.eval()
@@ -194,22 +198,22 @@ def test_deit_recipe_trains_saves_and_reloads_in_plain_transformers(
 
 def test_resnet18_recipe_with_config_file_trains_and_reloads_with_timm(tmp_path, tmp_path_factory, parquet_folder):
     teacher = _timm_teacher(tmp_path_factory, "resnet10t")
-    module = _load_recipe("imagenet_resnet18")
-    assert module.DEFAULTS["teacher_model_name_or_path"] == "timm/resnet34.tv_in1k"
+    assert _config("imagenet_resnet18")["teacher_model_name_or_path"] == "timm/resnet34.tv_in1k"
     config = tmp_path / "run.yaml"
-    config.write_text("lr_milestone_epochs: [1, 2]\nmax_steps: 3\n")  # the CLI below overrides max_steps
+    config.write_text("lr_decay_at: [0.25, 0.5]\nmax_steps: 3\n")  # the CLI below overrides max_steps
     out = tmp_path / "out"
-    argv = [*_common_argv(out, parquet_folder, teacher), "--config", str(config), "--evaluate_teacher", "false"]
-    result = run(module.DEFAULTS, argv)
+    argv = [*_common_argv(out, parquet_folder, teacher), "--config", str(config), "--eval_teacher_metrics", "false"]
+    trainer, metrics = run("imagenet_resnet18.yaml", imagenet_resnet18.DEFAULTS, argv)
 
-    trainer = result.trainer
     assert trainer.state.global_step == 2 and trainer.args.optim == "sgd"
     assert not isinstance(trainer._get_train_sampler(), RepeatedAugmentationSampler)
     assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
-    # lr 0.1 per 256 images, batch 4; 16 images / 4 = 4 steps per epoch -> milestones at steps 4 and 8
+    # lr 0.1 per 256 images, batch 4; x0.1 after a quarter and a half of the 2 steps
     assert trainer.args.learning_rate == pytest.approx(0.1 * 4 / 256)
-    assert trainer.milestone_steps == [4, 8]
-    assert result.teacher_metrics is None
+    assert trainer.args.lr_decay_fractions == (0.25, 0.5) and trainer.lr_scheduler.lr_lambdas[0].milestones == [1]
+    logged = [e["learning_rate"] for e in trainer.state.log_history if "loss" in e]
+    assert logged[-1] == pytest.approx(0.1 * 4 / 256 * 0.1)
+    assert "eval_teacher_top1" not in metrics
     assert trainer.student.pretrained_cfg["interpolation"] == "bilinear"
 
     config_json = json.loads((out / "config.json").read_text())
@@ -236,24 +240,26 @@ def test_resnet18_recipe_with_config_file_trains_and_reloads_with_timm(tmp_path,
 
 
 # -- pieces ----------------------------------------------------------------------------------------------------
-def test_data_pipeline_gives_normalised_crops_and_mixup_soft_targets(image_folder):
-    args = ImageNetDataArguments(dataset_name=str(image_folder), input_size=32, mixup_alpha=0.8, cutmix_alpha=1.0)
-    data = load_imagenet(args, label_smoothing=0.1)
+def test_data_pipeline_gives_normalised_crops_and_survives_randaugment_at_full_strength(image_folder):
+    args = ImageNetDataArguments(dataset_name=str(image_folder), input_size=32)
+    data = load_imagenet(args)
     assert data.class_names == CLASSES and data.num_train_examples == 20 and len(data.eval) == 10
-    batch = data.train_collator([data.train[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].shape == (4, len(CLASSES))
-    torch.testing.assert_close(batch["labels"].sum(-1), torch.ones(4))
-    evaluation = data.eval_collator([data.eval[i] for i in range(3)])
-    assert evaluation["labels"].dtype == torch.long and evaluation["labels"].shape == (3,)
+    batch = collate_images([data.train[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].dtype == torch.long
     # eval transform: resize shorter side to floor(32 / 0.875) = 36, center crop 32, ImageNet normalisation
     image = Image.open(next((image_folder / "validation" / "ant").iterdir())).convert("RGB")
     torch.testing.assert_close(data.eval[0]["pixel_values"], build_eval_transform(args)(image))
+    # issue 12.11: timm's 'inc1' posterize reaches 0 bits, which Pillow 13 refuses; the recipe's policy at its
+    # strongest level must transform every image (0 bits: a black image, as older Pillow gave)
+    strongest = build_train_transform(ImageNetDataArguments(input_size=32, auto_augment="rand-m30-n6-mstd0-inc1"))
+    torch.manual_seed(0)
+    for _ in range(40):
+        assert strongest(image).shape == (3, 32, 32)
 
 
 def test_streaming_needs_a_size_and_derives_max_steps(image_folder, tmp_path):
     from conftest import make_args
-
-    from hf_projkd.recipes_imagenet import RecipeArguments
+    from imagenet import RecipeArguments
 
     data = load_imagenet(ImageNetDataArguments(dataset_name=str(image_folder), input_size=32, streaming=True))
     assert next(iter(data.train))["pixel_values"].shape == (3, 32, 32)
@@ -265,35 +271,40 @@ def test_streaming_needs_a_size_and_derives_max_steps(image_folder, tmp_path):
 
 
 def test_a_synset_named_teacher_is_aligned_with_a_description_named_imagenet():
+    from imagenet import align_imagenet_teacher_labels
     from timm.data import ImageNetInfo
 
-    from hf_projkd.recipes_imagenet import align_imagenet_teacher_labels
     from hf_projkd.validation import check_label_names
 
     info = ImageNetInfo()
     descriptions = list(info.label_descriptions())
-    teacher = torch.nn.Linear(1, 1)
-    teacher.pretrained_cfg = {"label_names": list(info.label_names())}
-    student = build_student("resnet18", descriptions, 32)
+
+    def teacher(names: list[str]) -> torch.nn.Module:
+        model = timm.create_model("resnet10t", num_classes=1000)
+        model.pretrained_cfg = {**model.pretrained_cfg, "label_names": names}
+        return model
+
+    student = adapter_for(create_student("resnet18", descriptions, 32))
+    synsets = teacher(list(info.label_names()))
     with pytest.raises(ValueError, match="class names differ"):
-        check_label_names(student, teacher)
-    align_imagenet_teacher_labels(teacher, descriptions)
-    check_label_names(student, teacher)  # now the same classes by the same names
-    shuffled = torch.nn.Linear(1, 1)
-    shuffled.pretrained_cfg = {"label_names": list(reversed(info.label_names()))}
+        check_label_names(student, adapter_for(synsets))
+    align_imagenet_teacher_labels(synsets, descriptions)
+    check_label_names(student, adapter_for(synsets))  # now the same classes by the same names
+    shuffled = teacher(list(reversed(info.label_names())))
     align_imagenet_teacher_labels(shuffled, descriptions)  # another order: not "fixed", the check still fails
     with pytest.raises(ValueError, match="class names differ"):
-        check_label_names(student, shuffled)
+        check_label_names(student, adapter_for(shuffled))
 
 
 def test_help_documents_every_field_of_the_three_argument_groups(capsys):
     from dataclasses import fields
 
+    from imagenet import RecipeArguments
+
     from hf_projkd import DistillationArguments
-    from hf_projkd.recipes_imagenet import RecipeArguments, parse_args
 
     with pytest.raises(SystemExit):
-        parse_args(_load_recipe("deit_tiny").DEFAULTS, ["--help"])
+        imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, ["--help"])
     text = capsys.readouterr().out
     for group in (RecipeArguments, ImageNetDataArguments, DistillationArguments):
         missing = [f.name for f in fields(group) if f.init and f"--{f.name}" not in text]
@@ -304,10 +315,8 @@ def test_help_documents_every_field_of_the_three_argument_groups(capsys):
 
 
 def test_saved_image_processor_matches_the_eval_transform():
-    from hf_projkd.recipes_imagenet import attach_preprocessing
-
     args = ImageNetDataArguments(input_size=32)
-    processor = attach_preprocessing(build_student("deit-tiny", CLASSES, 32), args)
+    processor = attach_preprocessing(create_student("deit-tiny", CLASSES, 32), args)
     ramp = np.add.outer(np.arange(40), np.arange(48))[:, :, None].repeat(3, 2) * 2  # smooth: no aliasing noise
     image = Image.fromarray(ramp.astype("uint8"))
     ours = build_eval_transform(args)(image)
@@ -317,8 +326,6 @@ def test_saved_image_processor_matches_the_eval_transform():
 
 
 def test_baseline_results_are_read_from_a_measured_run_file(tmp_path):
-    from hf_projkd.recipes_imagenet import read_baseline
-
     path = tmp_path / "eval_results.json"
     path.write_text(json.dumps({"eval_top1": 69.76, "eval_top5": 89.08, "epoch": 100.0}))
     baseline = read_baseline(str(path))
@@ -332,7 +339,7 @@ def test_stochastic_depth_drops_deit_branches_in_training_only(tmp_path):
     config = tmp_path / "tiny_deit.json"
     config.write_text(json.dumps(TINY_DEIT))
     torch.manual_seed(0)
-    student = build_student(str(config), CLASSES, 32, drop_path_rate=1.0)  # 2 layers: rates 0 and 1
+    student = create_student(str(config), CLASSES, 32, drop_path_rate=1.0)  # 2 layers: rates 0 and 1
     layers = [m for m in student.modules() if type(m).__name__ == "DeiTLayer"]
     assert len(layers) == 2
     seen = []
@@ -350,8 +357,10 @@ def test_stochastic_depth_drops_deit_branches_in_training_only(tmp_path):
 def test_step_schedule_and_student_builder():
     schedule = StepDecay([4, 8], gamma=0.1, warmup_steps=2)
     assert [round(schedule(s), 6) for s in (0, 1, 3, 4, 7, 8)] == [0.5, 1.0, 1.0, 0.1, 0.1, 0.01]
-    deit = build_student("deit-tiny", CLASSES, 224)
+    deit = create_student("deit-tiny", CLASSES, 224)
     assert deit.config.hidden_size == 192 and deit.config.num_attention_heads == 3 and deit.config.num_labels == 5
-    assert build_student("deit-small", CLASSES, 224).config.hidden_size == 384
-    with pytest.raises(ValueError, match="timm architecture"):
-        build_student("not-a-model", CLASSES, 224)
+    assert create_student("deit-small", CLASSES, 224).config.hidden_size == 384
+    assert type(create_student("resnet50", CLASSES, 32)).__name__ == "ResNet"  # timm's, outside the CIFAR recipes
+    assert type(create_student("resnet50", CLASSES, 32, cifar_first=True)).__name__ == "CifarNetForImageClassification"
+    with pytest.raises(OSError, match="Could not load the model 'not-a-model'"):
+        create_student("not-a-model", CLASSES, 224)

@@ -1,77 +1,75 @@
-"""Mixup / CutMix collator and the soft-target cross-entropy: shapes and exact values."""
+"""Mixup / CutMix on the device (timm's ``Mixup`` inside ``DistillationTrainer``), soft-target cross-entropy, and
+DeiT's repeated-augmentation sampler."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_args, random_image_dataset, tiny_timm_vit, tiny_vit
 
-from hf_projkd.data.mixup import MixupCollator, collate_images, cutmix_box, smooth_one_hot
+from hf_projkd import DistillationTrainer
 from hf_projkd.losses import classification_loss
+from hf_projkd.trainer import _build_mixup, _mix
 
 
-def _constant_images(values: list[float], size: int = 8) -> torch.Tensor:
-    """One constant image per value, so every pixel says which sample it came from."""
-    return torch.stack([torch.full((3, size, size), v) for v in values])
+def _smooth(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+    return F.one_hot(labels, classes).float() * (1 - smoothing) + smoothing / classes
 
 
-def test_smooth_one_hot_values():
-    targets = smooth_one_hot(torch.tensor([0, 2]), num_classes=4, smoothing=0.1)
-    expected = torch.tensor([[0.925, 0.025, 0.025, 0.025], [0.025, 0.025, 0.925, 0.025]])
-    torch.testing.assert_close(targets, expected)
-    with pytest.raises(ValueError, match=r"in \[0, 4\)"):
-        smooth_one_hot(torch.tensor([0, -1]), num_classes=4)
+def test_mixup_blends_student_and_teacher_images_alike_and_mixes_smoothed_targets(tmp_path):
+    args = make_args(tmp_path, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing_factor=0.1)
+    mixup = _build_mixup(args, num_classes=5)
+    pixels, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    teacher = pixels * 2 + 1  # another normalisation of the same images
+    np.random.seed(0)
+    mixed, mixed_teacher, targets = _mix(mixup, pixels, teacher, labels)
+    lam = float((mixed[0] - pixels[5])[0, 0, 0] / (pixels[0] - pixels[5])[0, 0, 0])  # partner: the reversed batch
+    torch.testing.assert_close(mixed, lam * pixels + (1 - lam) * pixels.flip(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed_teacher, mixed * 2 + 1, atol=1e-5, rtol=1e-5)  # the same lam for the teacher
+    smooth = _smooth(labels, 5, 0.1)
+    torch.testing.assert_close(targets, lam * smooth + (1 - lam) * smooth.flip(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(6))
 
 
-def test_mixup_blends_images_and_targets_with_the_reversed_batch():
-    collator = MixupCollator(num_classes=3, label_smoothing=0.0)
-    images, labels = _constant_images([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 1, 2, 0])
-    mixed, targets = collator.apply(images, labels, "mixup", 0.3)
-    torch.testing.assert_close(mixed[:, 0, 0, 0], torch.tensor([0.3 * 1 + 0.7 * 4, 0.3 * 2 + 0.7 * 3,
-                                                               0.3 * 3 + 0.7 * 2, 0.3 * 4 + 0.7 * 1]))
-    torch.testing.assert_close(targets[0], torch.tensor([1.0, 0.0, 0.0]))  # partner has the same class 0
-    torch.testing.assert_close(targets[1], torch.tensor([0.0, 0.3, 0.7]))
-    torch.testing.assert_close(targets.sum(-1), torch.ones(4))
+def test_cutmix_pastes_one_box_into_student_and_teacher_images_and_weights_targets_by_its_area(tmp_path):
+    mixup = _build_mixup(make_args(tmp_path, mixup_alpha=0.0, cutmix_alpha=1.0), num_classes=5)
+    pixels, labels = torch.arange(4.0)[:, None, None, None].expand(4, 3, 16, 16).clone(), torch.arange(4)
+    np.random.seed(3)
+    mixed, mixed_teacher, targets = _mix(mixup, pixels, pixels + 10, labels)
+    pasted = mixed[0, 0] == 3.0  # image 0 got a box of its partner, image 3
+    area = pasted.float().mean().item()
+    assert 0 < area < 1 and torch.equal(mixed_teacher[0, 0] == 13.0, pasted)  # the same box
+    torch.testing.assert_close(targets[0], torch.tensor([1 - area, 0, 0, area, 0]))
 
 
-def test_cutmix_pastes_a_box_and_weights_targets_by_its_actual_area():
-    torch.manual_seed(3)
-    collator = MixupCollator(num_classes=2, label_smoothing=0.1)
-    images, labels = _constant_images([0.0, 1.0], size=16), torch.tensor([0, 1])
-    mixed, targets = collator.apply(images, labels, "cutmix", 0.6)
-    pasted = (mixed[0, 0] == 1.0).float().mean().item()  # share of sample 0 taken from sample 1
-    assert 0.0 < pasted < 1.0
-    torch.testing.assert_close(mixed[1, 0] == 0.0, mixed[0, 0] == 1.0)  # the same box, the other way round
-    smooth = smooth_one_hot(labels, 2, 0.1)
-    torch.testing.assert_close(targets[0], (1 - pasted) * smooth[0] + pasted * smooth[1])
-    y0, y1, x0, x1 = cutmix_box(16, 16, 1.0)
-    assert (y1 - y0) * (x1 - x0) == 0  # lam = 1: nothing to paste
-
-
-def test_sampling_modes_and_collator_shapes():
-    torch.manual_seed(0)
-    examples = [{"pixel_values": torch.rand(3, 8, 8), "labels": i % 5} for i in range(6)]
-    only_mixup = MixupCollator(num_classes=5, mixup_alpha=0.8, cutmix_alpha=0.0)
-    assert {only_mixup.sample()[0] for _ in range(20)} == {"mixup"}
-    always_cutmix = MixupCollator(num_classes=5, switch_prob=1.0)
-    assert {always_cutmix.sample()[0] for _ in range(20)} == {"cutmix"}
-    never = MixupCollator(num_classes=5, prob=0.0, label_smoothing=0.1)
-    batch = never(examples)
-    torch.testing.assert_close(batch["pixel_values"], collate_images(examples)["pixel_values"])
-    torch.testing.assert_close(batch["labels"], smooth_one_hot(torch.arange(6) % 5, 5, 0.1))
-    lams = [only_mixup.sample()[1] for _ in range(200)]
-    assert all(0.0 < lam < 1.0 for lam in lams) and abs(sum(lams) / len(lams) - 0.5) < 0.08  # Beta(a, a): mean 1/2
-    batch = MixupCollator(num_classes=5)(examples)
-    assert batch["pixel_values"].shape == (6, 3, 8, 8) and batch["labels"].shape == (6, 5)
-    with pytest.raises(ValueError, match="mixup_alpha"):
-        MixupCollator(num_classes=5, mixup_alpha=-1.0)
+def test_mixup_acts_on_training_batches_only_and_needs_an_even_batch(tmp_path):
+    data = random_image_dataset(16)
+    trainer = DistillationTrainer(tiny_vit(), tiny_timm_vit(), make_args(tmp_path, mixup_alpha=0.8,
+                                                                        teacher_check="off"), train_dataset=data,
+                                  eval_dataset=data)
+    seen = []
+    forward = trainer.teacher_forward
+    trainer.teacher_forward = lambda pixels: seen.append(pixels.clone()) or forward(pixels)
+    batch = {"pixel_values": data[:6]["pixel_values"], "labels": data[:6]["labels"]}
+    np.random.seed(0)
+    trainer.compute_loss(trainer.model.train(), dict(batch))
+    assert not torch.allclose(seen[-1], batch["pixel_values"])  # the teacher saw mixed images
+    trainer.model.eval()
+    loss = trainer.compute_loss(trainer.model, dict(batch))  # evaluation: plain images, hard labels
+    with torch.no_grad():
+        expected = F.cross_entropy(trainer.student(batch["pixel_values"]).logits, batch["labels"])
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="needs an even batch"):
+        trainer.compute_loss(trainer.model.train(), {k: v[:5] for k, v in batch.items()})
 
 
 def test_soft_target_cross_entropy_matches_label_smoothing_and_is_linear_in_the_mix():
     torch.manual_seed(0)
     logits, labels = torch.randn(4, 6), torch.tensor([0, 5, 2, 2])
-    smoothed = smooth_one_hot(labels, 6, 0.1)
+    smoothed = _smooth(labels, 6, 0.1)
     torch.testing.assert_close(classification_loss(logits, smoothed), F.cross_entropy(logits, labels,
                                                                                        label_smoothing=0.1))
-    other = smooth_one_hot(labels.flip(0), 6, 0.1)
+    other = _smooth(labels.flip(0), 6, 0.1)
     mixed = 0.25 * smoothed + 0.75 * other
     torch.testing.assert_close(classification_loss(logits, mixed),
                                0.25 * classification_loss(logits, smoothed) + 0.75 * classification_loss(logits, other))

@@ -11,7 +11,7 @@ from accelerate.utils import is_compiled_module
 from conftest import make_args, random_image_dataset, tiny_timm_resnet, tiny_vit
 from torch import nn
 
-from hf_projkd import DistillationModel, DistillationTrainer, FeatureExtractor, LossSettings, logsum_feature_loss
+from hf_projkd import DistillationModel, DistillationTrainer, LossSettings, adapter_for, logsum_feature_loss
 from hf_projkd.distributed import optimize_teacher_call
 
 HALF_DTYPES = [torch.float16, torch.bfloat16]
@@ -53,7 +53,7 @@ def test_projected_feature_loss_is_fp32_under_autocast(dtype):
 def _trainer(tmp_path, student: nn.Module, teacher: nn.Module, **overrides) -> DistillationTrainer:
     torch.manual_seed(0)
     args = make_args(tmp_path, optim="sgd", learning_rate=0.05, lr_scheduler_type="constant",
-                     train_sampling_strategy="sequential", max_steps=2, **overrides)
+                     train_sampling_strategy="sequential", max_steps=2, teacher_check="off", **overrides)
     return DistillationTrainer(student, teacher, args, train_dataset=random_image_dataset(16))
 
 
@@ -90,7 +90,7 @@ def test_bf16_runs_student_and_teacher_in_bf16_and_the_losses_in_fp32(tmp_path):
 
 def test_teacher_channels_last_and_compile_give_the_same_features():
     teacher = tiny_timm_resnet().eval()
-    extractor = FeatureExtractor(teacher)
+    extractor = adapter_for(teacher)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         reference = extractor(x)

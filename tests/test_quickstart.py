@@ -2,7 +2,7 @@
 
 import json
 
-from hf_projkd.quickstart import digits_splits, main
+from quickstart import digits_splits, main
 
 
 def test_digits_splits_are_stratified_and_normalised():

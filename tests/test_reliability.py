@@ -1,25 +1,20 @@
-"""Every bad input of issue 6 gives a clear error (what was expected, what was found, how to fix it), early.
+"""Bad inputs of the setup and the data give a clear error (what was expected, what was found, how to fix it),
+early; a diverging run stops before writing; checkpoints are verified before a resume.
 
 Each test exercises one guard and would fail without it. Tiny random models and data only, no network.
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import time
-
 import numpy as np
 import pytest
 import torch
 from conftest import IMAGE_SIZE, make_args, random_image_dataset, tiny_timm_resnet, tiny_timm_vit, tiny_vit
-from datasets import Dataset, DatasetDict, Features, Value
-from datasets import Image as ImageFeature
-from PIL import Image
+from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_projkd import DistillationArguments, DistillationTrainer, FeatureExtractor, load_image_classifier
+from hf_projkd import DistillationArguments, DistillationTrainer, ModelFeatures, adapter_for, load_image_classifier
 from hf_projkd.checkpointing import (
     CHECKPOINT_MANIFEST,
     IncompleteCheckpointError,
@@ -28,22 +23,9 @@ from hf_projkd.checkpointing import (
     mark_checkpoint_complete,
     resolve_resume_checkpoint,
 )
-from hf_projkd.data import (
-    ImageDecoder,
-    UndecodableImageError,
-    check_label_range,
-    check_splits_not_empty,
-    load_image_dataset,
-    resolve_columns,
-    without_decoding,
-)
-from hf_projkd.features import ModelFeatures, probe_dims
-from hf_projkd.validation import (
-    NonFiniteLossError,
-    NonFiniteLossGuard,
-    TeacherInputNormalizer,
-    input_normalization,
-)
+from hf_projkd.data import check_label_range, check_splits_not_empty, load_image_dataset, resolve_columns
+from hf_projkd.families import probe_dims
+from hf_projkd.validation import NonFiniteLossError, NonFiniteLossGuard, TeacherInputNormalizer
 
 
 def _trainer(tmp_path, student=None, teacher=None, dataset=None, **overrides) -> DistillationTrainer:
@@ -79,7 +61,7 @@ def test_teacher_inputs_are_renormalised_when_its_mean_std_differ(tmp_path):
     trainer = DistillationTrainer(student, teacher, make_args(tmp_path), input_size=(3, IMAGE_SIZE, IMAGE_SIZE),
                                   train_dataset=random_image_dataset(16))
     raw = torch.rand(4, 3, IMAGE_SIZE, IMAGE_SIZE)
-    mean_s, std_s = (torch.tensor(v).view(1, 3, 1, 1) for v in input_normalization(student))
+    mean_s, std_s = (torch.tensor(v).view(1, 3, 1, 1) for v in adapter_for(student).input_normalization().values)
     for_student = (raw - mean_s) / std_s
     expected_for_teacher = (raw - 0.5) / 0.5
     got = trainer._teacher_inputs({"pixel_values": for_student})
@@ -114,9 +96,10 @@ def test_teacher_that_only_runs_at_its_own_input_size_needs_teacher_pixel_values
     small = 16  # the ViT teacher has a fixed 32 px patch grid; the CNN student runs at 16 px
     trainer = DistillationTrainer(tiny_timm_resnet(), tiny_timm_vit(), make_args(tmp_path, logit_loss="none"),
                                   input_size=(3, small, small))
-    assert trainer.teacher_input_size == (3, IMAGE_SIZE, IMAGE_SIZE)
     batch = {"pixel_values": torch.randn(4, 3, small, small), "labels": torch.zeros(4).long()}
-    with pytest.raises(ValueError, match=r"teacher only runs at \(3, 32, 32\).*no 'teacher_pixel_values'"):
+    message = (r"teacher .*failed on inputs of shape \(4, 3, 16, 16\).*declares inputs of \(3, 32, 32\)"
+               r".*teacher_pixel_values")
+    with pytest.raises(ValueError, match=message):
         trainer.compute_loss(trainer.model.train(), batch)
     loss = trainer.compute_loss(trainer.model, {**batch, "teacher_pixel_values": torch.randn(4, 3, 32, 32)})
     assert torch.isfinite(loss)
@@ -131,13 +114,14 @@ def test_feature_dims_that_cannot_be_inferred_or_do_not_match_are_errors(tmp_pat
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.classifier(self.body(x))
 
-    with pytest.raises(ValueError, match=r"Cannot infer the input size of Plain.*input_size=\(channels"):
-        probe_dims(FeatureExtractor(Plain()))
-    assert probe_dims(FeatureExtractor(Plain()), (3, 2, 2))[:2] == (12, 5)
+    assert probe_dims(adapter_for(Plain())) == (12, 5)  # from its classifier head, no forward needed
+    with pytest.raises(ValueError, match=r"Cannot infer the feature dimension of Plain.*input_size=\(channels"):
+        probe_dims(adapter_for(Plain(), "body"))  # a named feature module: only a dummy forward can tell
+    assert probe_dims(adapter_for(Plain(), "body"), (3, 2, 2)) == (12, 5)
     with pytest.raises(ValueError, match=r"dummy forward of Plain at input size \(3, 4, 4\) failed"):
-        probe_dims(FeatureExtractor(Plain()), (3, 4, 4))
+        probe_dims(adapter_for(Plain(), "body"), (3, 4, 4))
     with pytest.raises(ValueError, match="Cannot tell where the pre-logit features of Sequential"):
-        FeatureExtractor(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)))
+        adapter_for(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)))
     with pytest.raises(ValueError, match=r"student_feature_dim=99 was given, but the student's features have dim 32"):
         _trainer(tmp_path, student_feature_dim=99)
     with pytest.raises(ValueError, match=r"teacher_feature_dim=32 was given, but the teacher's features have dim 48"):
@@ -189,49 +173,6 @@ def test_missing_image_or_label_columns_name_the_columns_and_the_flag(tmp_path):
         trainer.compute_loss(trainer.model.train(), {"image": torch.randn(2, 3, 32, 32), "labels": torch.zeros(2)})
 
 
-def _encoded(mode: str, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (4, 4)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def test_grayscale_rgba_cmyk_images_are_converted_with_one_notice_per_mode(caplog):
-    decoder = ImageDecoder()
-    values = [_encoded("L"), _encoded("L"), {"bytes": _encoded("RGBA"), "path": None},
-              _encoded("CMYK", "JPEG"), Image.new("L", (4, 4)), _encoded("RGB")]
-    with caplog.at_level(logging.WARNING, logger="hf_projkd.data.loading"):
-        images = [decoder(value) for value in values]
-    assert all(image.mode == "RGB" and image.size == (4, 4) for image in images)
-    assert decoder.converted_modes == {"L", "RGBA", "CMYK"}
-    notices = [r.getMessage() for r in caplog.records if "Converting" in r.getMessage()]
-    assert len(notices) == 3 and any("Converting L images to RGB" in n for n in notices)
-    assert decoder.num_failed == 0
-
-
-def test_undecodable_images_are_counted_and_skipped_or_stop_by_option(caplog):
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # the header opens, the pixels do not decode
-    Image.open(io.BytesIO(truncated))
-    rows = {"image": [{"bytes": _encoded("RGB"), "path": None}, {"bytes": truncated, "path": None},
-                      {"bytes": b"not an image", "path": None}, {"bytes": _encoded("L"), "path": None}],
-            "label": [0, 1, 2, 3]}
-    dataset = Dataset.from_dict(rows, features=Features({"image": ImageFeature(), "label": Value("int64")}))
-    with pytest.raises(OSError):  # what datasets itself gives: PIL's error from deep inside a transform
-        dataset[1]["image"].load()
-    decoder = ImageDecoder(on_error="skip")
-    raw = without_decoding(dataset, "image").with_transform(lambda batch: decoder.decode_batch(batch, "image"))
-    with caplog.at_level(logging.WARNING, logger="hf_projkd.data.loading"):
-        examples = raw.__getitems__([0, 1, 2, 3])
-    assert [e["label"] for e in examples] == [0, 3] and all(e["image"].mode == "RGB" for e in examples)
-    assert decoder.num_failed == 2
-    assert sum("Skipping undecodable" in r.getMessage() for r in caplog.records) == 2
-    with pytest.raises(UndecodableImageError, match=r"Cannot decode row 1.*on_error='skip'"):
-        ImageDecoder(on_error="raise").decode_batch(without_decoding(dataset, "image")[0:2], "image")
-    with pytest.raises(ValueError, match="on_error='ignore' is not supported"):
-        ImageDecoder(on_error="ignore")
-
-
 def test_batch_norm_on_a_per_device_batch_of_one_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"per_device_train_batch_size=1, but feature_norm='batchnorm' needs at least"):
         _trainer(tmp_path, per_device_train_batch_size=1)
@@ -258,9 +199,9 @@ def test_non_finite_loss_stops_names_the_component_and_keeps_the_last_good_check
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
     assert checkpoint_problem(checkpoint) is None
-    state = load_file(checkpoint / "distillation_state.safetensors")
+    state = load_file(checkpoint / "model.safetensors")  # student, projector and normalisers
+    assert any(k.startswith("projector.") for k in state) and any(k.startswith("student.") for k in state)
     assert all(torch.isfinite(v.float()).all() for v in state.values())
-    assert all(torch.isfinite(v).all() for v in load_file(checkpoint / "model.safetensors").values())
 
 
 def test_non_finite_loss_on_another_process_stops_this_one_too():
@@ -301,30 +242,30 @@ def test_a_truncated_checkpoint_is_detected_on_resume(tmp_path):
     trainer = _trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     trainer.train()
     good, newest = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
-    state_file = newest / "distillation_state.safetensors"
+    state_file = newest / "model.safetensors"
     state_file.write_bytes(state_file.read_bytes()[:-10])
     message = rf"has \d+ bytes, the manifest recorded \d+.*Resume from {good}"
     with pytest.raises(IncompleteCheckpointError, match=message):
         _trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(newest))
     assert latest_complete_checkpoint(tmp_path) == good
-    # accepted by hand (manifest rewritten), the truncated file is still caught when it is read
+    # accepted by hand (manifest rewritten), the truncated file is still caught, by name, before it is read
     mark_checkpoint_complete(newest)
-    with pytest.raises(OSError, match="distillation_state.safetensors is truncated or corrupt"):
+    with pytest.raises(OSError, match="model.safetensors is truncated or corrupt"):
         _trainer(tmp_path, max_steps=3).train(resume_from_checkpoint=str(newest))
 
 
 def test_resume_picks_only_complete_checkpoints(tmp_path):
     assert resolve_resume_checkpoint(None, tmp_path) is None
-    with pytest.raises(IncompleteCheckpointError, match=r"holds no complete checkpoint \(found none\)"):
+    with pytest.raises(IncompleteCheckpointError, match=r"holds no intact checkpoint \(found none\)"):
         resolve_resume_checkpoint(True, tmp_path)
     for step in (2, 4, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x" * step)
+        (tmp_path / f"checkpoint-{step}" / "state.txt").write_bytes(b"x" * step)
     mark_checkpoint_complete(tmp_path / "checkpoint-2")
     mark_checkpoint_complete(tmp_path / "checkpoint-4")
     assert resolve_resume_checkpoint(True, tmp_path) == str(tmp_path / "checkpoint-4")  # 10 > 4 numerically
-    (tmp_path / "checkpoint-4" / "model.safetensors").unlink()
-    assert "model.safetensors is missing" in checkpoint_problem(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-4" / "state.txt").unlink()
+    assert "state.txt is missing" in checkpoint_problem(tmp_path / "checkpoint-4")
     assert resolve_resume_checkpoint(True, tmp_path) == str(tmp_path / "checkpoint-2")
     with pytest.raises(IncompleteCheckpointError, match=r"checkpoint-10 has no checkpoint_complete.json"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-10"), tmp_path)
@@ -339,16 +280,15 @@ def test_resume_picks_only_complete_checkpoints(tmp_path):
     [
         ("no-such-org/no-such-model", "HF_HUB_OFFLINE is set, so Hub ids only load from the local cache"),
         ("timm/no_such_model.in1k", "HF_HUB_OFFLINE is set, so Hub ids only load from the local cache"),
-        ("./no/such/folder", "there is no such folder"),
+        ("./no/such/folder", "there is no such file or folder"),
+        ("teachers/resnet32x4", "There is no local folder 'teachers/resnet32x4'.*HF_HUB_OFFLINE is set"),
     ],
 )
-def test_a_teacher_that_cannot_be_loaded_offline_is_one_clear_error_without_hanging(tmp_path, name, message):
-    start = time.monotonic()
+def test_a_teacher_that_cannot_be_loaded_offline_is_one_clear_error(tmp_path, name, message):
     with pytest.raises(OSError, match=rf"(?s)Could not load the model '{name}'.*{message}"):
         load_image_classifier(name)
     with pytest.raises(OSError, match="Could not load the model"):
         DistillationTrainer(tiny_vit(), name, make_args(tmp_path))
-    assert time.monotonic() - start < 30  # no network retries
 
 
 @pytest.mark.parametrize(
@@ -371,12 +311,10 @@ def test_all_zero_loss_weights_are_refused(tmp_path):
         DistillationArguments(output_dir=str(tmp_path), feature_loss_weight=0, logit_loss_weight=0, ce_weight=0)
 
 
-def test_check_label_range_reads_the_label_column_fast():
+def test_check_label_range_reads_the_arrow_column_through_index_mappings():
     labels = np.random.default_rng(0).integers(0, 1000, size=200_000)
     reversed_view = Dataset.from_dict({"label": labels}).select(range(199_999, -1, -1))  # an indices mapping
-    start = time.monotonic()
     check_label_range(reversed_view, 1000, "label")
-    assert time.monotonic() - start < 2  # reading the column row by row takes ~30 s here
     labels[123_456] = 1000
     with pytest.raises(ValueError, match=r"rows \[123456\]"):
         check_label_range(Dataset.from_dict({"label": labels}), 1000, "label")

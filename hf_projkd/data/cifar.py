@@ -67,27 +67,60 @@ def _decode(item: dict | PILImage.Image, image_size: int | None) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors: the low 32 bits of each product are exact."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def keyed_integers(keys: torch.Tensor, stream: int, high: int) -> torch.Tensor:
+    """Pseudo-random integers in ``[0, high)``, a pure function of ``(keys, stream)``: no generator state."""
+    return _mix32((keys & _MASK32) ^ _mix32(torch.full_like(keys, stream & _MASK32))) % high
+
+
 def random_crop_flip(
-    pixels: torch.Tensor, padding: int = 4, flip: bool = True, generator: torch.Generator | None = None
+    pixels: torch.Tensor, padding: int = 4, flip: bool = True, generator: torch.Generator | None = None,
+    keys: torch.Tensor | None = None, gather: bool | None = None,
 ) -> torch.Tensor:
     """Random crop of the input size from the zero-padded batch, then a random horizontal flip, per sample.
 
-    ``pixels`` is (B, C, H, W) of any dtype; the result has the same shape and dtype. Equivalent to
-    torchvision's ``RandomCrop(H, padding=padding)`` + ``RandomHorizontalFlip()`` applied image by image.
+    ``pixels`` is (B, C, H, W) of any dtype, on any device; the result has the same shape and dtype. Equivalent to
+    torchvision's ``RandomCrop(H, padding=padding)`` + ``RandomHorizontalFlip()`` applied image by image. The draws
+    come from ``generator`` (or torch's global one), or, with ``keys`` (one int64 per sample), are a pure function
+    of the keys: the same key always gives the same crop and flip. ``gather`` (default: off on the CPU) crops with
+    one indexing op instead of a slice per sample, the fast way on a GPU.
     """
     if pixels.dim() != 4:
         raise ValueError(f"random_crop_flip expects a (B, C, H, W) batch, got shape {tuple(pixels.shape)}.")
     batch, _, height, width = pixels.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(pixels, (padding, padding, padding, padding))
+    if keys is not None:
+        keys = keys.to(pixels.device, torch.int64)
+        top, left = keyed_integers(keys, 1, 2 * padding + 1), keyed_integers(keys, 2, 2 * padding + 1)
+        flipped = keyed_integers(keys, 3, 2).bool()
+    else:
         top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
         left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-        # one slice per sample: ~10x faster on CPU than gather / advanced indexing for uint8 batches
-        offsets = zip(top.tolist(), left.tolist(), strict=True)
-        pixels = torch.stack([padded[i, :, t : t + height, s : s + width] for i, (t, s) in enumerate(offsets)])
-    if flip:
         flipped = torch.rand(batch, generator=generator) < 0.5
-        pixels = torch.where(flipped[:, None, None, None], pixels.flip(-1), pixels)
+    if padding > 0:
+        padded = torch.nn.functional.pad(pixels, (padding, padding, padding, padding))
+        if not (pixels.device.type != "cpu" if gather is None else gather):  # ~10x faster than gather on a CPU
+            offsets = zip(top.tolist(), left.tolist(), strict=True)
+            pixels = torch.stack([padded[i, :, t : t + height, s : s + width] for i, (t, s) in enumerate(offsets)])
+        else:  # one gather on the device, no host sync
+            top, left = top.to(pixels.device), left.to(pixels.device)
+            rows = (top[:, None] + torch.arange(height, device=pixels.device))[:, None, :, None]
+            cols = (left[:, None] + torch.arange(width, device=pixels.device))[:, None, None, :]
+            samples = torch.arange(batch, device=pixels.device)[:, None, None, None]
+            channels = torch.arange(pixels.shape[1], device=pixels.device)[None, :, None, None]
+            pixels = padded[samples, channels, rows, cols]
+    if flip:
+        pixels = torch.where(flipped.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
     return pixels
 
 
@@ -95,14 +128,23 @@ class CifarTensorDataset(TorchDataset):
     """Decoded images as a map-style dataset of ``{"pixel_values": uint8 (C, H, W), "labels": int}``.
 
     With ``augment=True`` every fetched batch is randomly cropped and flipped in one tensor operation
-    (``__getitems__``, which the ``DataLoader`` calls with the batch's indices); single items also work.
+    (``__getitems__``, which the ``DataLoader`` calls with the batch's indices); single items also work. The crop
+    and flip of an image are a pure function of ``(seed, epoch, index)`` (``set_epoch`` is called by the Trainer's
+    data loader each epoch), so a resumed run replays exactly the augmentations of an uninterrupted one, whatever
+    was prefetched or skipped.
     """
 
-    def __init__(self, images: DecodedImages, augment: bool = False, padding: int = 4, flip: bool = True) -> None:
+    def __init__(self, images: DecodedImages, augment: bool = False, padding: int = 4, flip: bool = True,
+                 seed: int = 0) -> None:
         self.images = images
         self.augment = augment
         self.padding = padding
         self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,11 +152,16 @@ class CifarTensorDataset(TorchDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
 
+    def augmentation_keys(self, index: torch.Tensor) -> torch.Tensor:
+        """One key per sample from (seed, epoch, index), so draws differ across epochs and seeds."""
+        stream = ((self.seed * 0x9E3779B1) ^ (self.epoch * 0x85EBCA77)) & _MASK32
+        return _mix32(torch.full_like(index, stream)) ^ index
+
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         index = torch.as_tensor(indices, dtype=torch.long)
         pixels = self.images.pixels[index]
         if self.augment:
-            pixels = random_crop_flip(pixels, self.padding, self.flip)
+            pixels = random_crop_flip(pixels, self.padding, self.flip, keys=self.augmentation_keys(index))
         labels = self.images.labels[index]
         return [{"pixel_values": p, "labels": y} for p, y in zip(pixels, labels, strict=True)]
 

@@ -5,7 +5,10 @@ Writes ``rank{r}.pt`` into the output folder given as argv[1]:
 - ``default`` / ``sync``: student + projector state and log history after 3 DDP steps of the DistillationTrainer
   with per-device and with global-batch feature-norm statistics;
 - ``module``: loss, projector gradient and running statistics of a DistillationModel feature loss with
-  ``sync_feature_norm=True``, the rank's shard of a fixed global batch, gradients averaged like DDP does.
+  ``sync_feature_norm=True``, the rank's shard of a fixed global batch, gradients averaged like DDP does;
+- ``batchnorm``: a student WITH batch norm (timm ResNet) after training and an evaluation: its buffers on this rank,
+  the eval metrics, and (rank 0) the folder ``save_model`` wrote, so that the test can check that the evaluated
+  model and the saved one are the same on every rank.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from conftest import make_args, random_image_dataset, tiny_timm_vit, tiny_vit  # noqa: E402
+from conftest import make_args, random_image_dataset, tiny_timm_resnet, tiny_timm_vit, tiny_vit  # noqa: E402
 
 from hf_projkd import DistillationTrainer  # noqa: E402
 from hf_projkd.distributed import world_size  # noqa: E402
@@ -35,11 +38,23 @@ def ddp_training_args(output_dir: Path, **overrides: object):
     )
 
 
-def build_trainer(output_dir: Path, **overrides: object) -> DistillationTrainer:
-    student, teacher = tiny_vit(), tiny_timm_vit()
+def build_trainer(output_dir: Path, student: torch.nn.Module | None = None, **overrides: object) -> DistillationTrainer:
+    student, teacher = student if student is not None else tiny_vit(), tiny_timm_vit()
     torch.manual_seed(0)  # the projector's init
     data = random_image_dataset(2 * PER_DEVICE_BATCH * STEPS)
-    return DistillationTrainer(student, teacher, ddp_training_args(output_dir, **overrides), train_dataset=data)
+    return DistillationTrainer(student, teacher, ddp_training_args(output_dir, **overrides), train_dataset=data,
+                               eval_dataset=random_image_dataset(32, seed=1), input_size=(3, 32, 32))
+
+
+def batchnorm_check(output_dir: Path) -> dict:
+    """Issue 12.15: after DDP training the ranks held different BN running statistics, so the evaluation reported a
+    model other than the one saved. Now both see process 0's buffers before evaluating and saving."""
+    trainer = build_trainer(output_dir, student=tiny_timm_resnet(), teacher_check="off")
+    trainer.train()
+    metrics = trainer.evaluate()
+    buffers = {k: v.detach().cpu().clone() for k, v in trainer.student.state_dict().items() if "running" in k}
+    trainer.save_model(str(output_dir / "student"))
+    return {"metrics": metrics, "buffers": buffers, "saved": str(output_dir / "student")}
 
 
 def trained_state(trainer: DistillationTrainer) -> dict:
@@ -83,6 +98,7 @@ def main() -> None:
     results["world_size"] = size
     if size > 1:
         results["module"] = sync_module_check(rank, size)
+    results["batchnorm"] = batchnorm_check(out / "batchnorm")
     torch.save(results, out / f"rank{rank}.pt")
 
 

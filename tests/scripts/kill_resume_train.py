@@ -5,7 +5,7 @@
 The test runs only the killed run as a subprocess; it builds the reference and the resumed run in-process with
 ``build_trainer`` (the same code, so the comparison is exact), which saves two interpreter start-ups.
 
-``--stall-saving-at STEP`` writes part of checkpoint-STEP, creates ``OUTPUT_DIR/stalled`` and then waits, so the
+``--stall-saving-at STEP`` writes most of checkpoint-STEP, creates ``OUTPUT_DIR/stalled`` and then waits, so the
 test can SIGKILL the run while that checkpoint is being written. ``--result`` saves the final trainable state
 (student + projector + normalisers) and the log history (``FILE.json``) for comparison.
 """
@@ -65,16 +65,17 @@ def save_result(trainer: DistillationTrainer, path: str | Path) -> None:
 
 
 def _stall_while_saving(trainer: DistillationTrainer, step: int, output_dir: Path) -> None:
-    """At checkpoint-``step``: write the student, then hang before the projector state (the test kills us)."""
-    real_save = trainer_module.save_distillation_state
+    """At checkpoint-``step``: write the model, optimizer and RNG files, then hang before the run fingerprint and
+    the manifest (the test kills us)."""
+    real_write = trainer_module.write_fingerprint
 
-    def stalling_save(state: dict, folder: str) -> None:
+    def stalling_write(folder: str, fingerprint: dict) -> None:
         if trainer.state.global_step == step:
             (output_dir / "stalled").touch()
             time.sleep(600)
-        real_save(state, folder)
+        real_write(folder, fingerprint)
 
-    trainer_module.save_distillation_state = stalling_save
+    trainer_module.write_fingerprint = stalling_write
 
 
 if __name__ == "__main__":
