@@ -61,8 +61,8 @@ def parse() -> argparse.Namespace:
         help="Override recipe / DistillationArguments fields for every method, e.g. --set feature_loss_weight=1.",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (for the full-data GPU version).")
-    parser.add_argument("--fast", action="store_true", help="The recipe's GPU fast path (--gpu_data true, compiled "
-                        "with CUDA graphs): data on the GPU, crop/flip per batch on the GPU.")
+    parser.add_argument("--fast", action="store_true", help="The recipe's GPU fast path (--data_on_device true, "
+                        "compiled with CUDA graphs): data on the GPU, crop/flip per batch on the GPU.")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="torch intra-op threads; 1 is several times faster when other jobs share the cores (less spin-waiting).",
@@ -165,7 +165,7 @@ def main() -> None:
     log = output.with_suffix(".jsonl")
     log.write_text("")
     device = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
-    fast = ["--gpu_data", "true", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead",
+    fast = ["--data_on_device", "true", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead",
             "--teacher_compile", "true"] if options.fast else []
     for method in options.methods:
         for seed in options.seeds:

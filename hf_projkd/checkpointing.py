@@ -217,9 +217,9 @@ def resolve_resume_checkpoint(
                 shutil.rmtree(folder)
         return None
     if resume_from_checkpoint is True:
-        for folder in reversed(list_checkpoints(output_dir)):
-            if checkpoint_problem(folder) is None:
-                return str(verify_checkpoint(folder))
+        newest = latest_complete_checkpoint(output_dir, verify_checksums=True)  # logs each newer one it skips
+        if newest is not None:
+            return str(verify_checkpoint(newest))
         found = [p.name for p in list_checkpoints(output_dir)]
         raise IncompleteCheckpointError(
             f"resume_from_checkpoint=True, but {output_dir} holds no intact checkpoint (found {found or 'none'}). "

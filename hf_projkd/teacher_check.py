@@ -106,14 +106,17 @@ def score_teacher(
     feeds: Mapping[str, Callable[[Mapping[str, torch.Tensor]], torch.Tensor]],
     num_classes: int,
     max_samples: int,
-) -> TeacherCheckResult:
+) -> TeacherCheckResult | None:
     """Score the teacher under each way of feeding it (``feeds``: name -> batch -> teacher inputs; the first one is
-    how training feeds it) on up to ``max_samples`` examples of ``batches``."""
+    how training feeds it) on up to ``max_samples`` examples of ``batches``; None when the batches carry no labels
+    (label-free distillation: nothing to score against)."""
     hits: dict[str, list[torch.Tensor]] = {name: [] for name in feeds}
     predicted, labels_seen = [], []
     seen = 0
     for batch in batches:
-        labels = batch["labels"]
+        labels = batch.get("labels")
+        if labels is None:
+            return None
         labels = labels.argmax(-1) if labels.dim() == 2 else labels
         take = min(labels.shape[0], max_samples - seen)
         for index, (name, feed) in enumerate(feeds.items()):

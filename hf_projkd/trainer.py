@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import hub
@@ -42,6 +42,7 @@ from .modeling import DistillationModel, DistillationOutput, LossSettings
 from .schedules import step_decay_scheduler
 from .teacher_check import COMMON_NORMALIZATIONS, TeacherCheckError, TeacherCheckResult, score_teacher
 from .validation import (
+    CheckedCollator,
     NonFiniteLossGuard,
     TeacherInputNormalizer,
     check_batch,
@@ -98,7 +99,8 @@ class DistillationTrainer(Trainer):
             raise ValueError("fp16=True needs a GPU: fp16 mixed precision does not run on the CPU (it would silently "
                              "train in fp32). Use bf16=True on the CPU, or neither.")
         student = load_image_classifier(model) if isinstance(model, (str, os.PathLike)) else model
-        teacher = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        teacher = teacher_model if teacher_model is not None else (  # not loaded when nothing would use it
+            args.teacher_model_name_or_path if args.uses_teacher or args.eval_teacher_metrics else None)
         teacher = load_image_classifier(teacher) if isinstance(teacher, (str, os.PathLike)) else teacher
         if teacher is not None and teacher is student:
             raise ValueError("The same module was passed as student and teacher: the teacher is frozen, so nothing "
@@ -144,6 +146,8 @@ class DistillationTrainer(Trainer):
         )
         kwargs.setdefault("compute_metrics", self.distillation_metrics)
         super().__init__(model=distillation_model, args=args, **kwargs)
+        self.add_callback(_DatasetEpoch(self))
+        self.data_collator = CheckedCollator(self.data_collator)  # images of different sizes: named, with the fix
         self._teacher_call = None
         if teacher is not None:
             self.teacher = prepare_teacher(self.accelerator, teacher)  # device, and ZeRO-3 sharding if asked
@@ -407,10 +411,13 @@ class DistillationTrainer(Trainer):
             loader = DataLoader(dataset, batch_size=min(args.per_device_eval_batch_size, args.teacher_check_samples),
                                 sampler=SequentialSampler(dataset) if hasattr(dataset, "__len__") else None,
                                 collate_fn=self.data_collator, num_workers=0)
-            batches = ({k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                       for b in loader)
+            size = self.student_adapter.input_size()
+            batches = _checked_batches(loader, size[0] if size else None, args.device)
             result = score_teacher(batches, lambda x: self.teacher_forward(x).logits.float(), feeds,
                                    self.num_classes, args.teacher_check_samples)
+        if result is None:
+            logger.info("Teacher check skipped: the batches carry no labels to score the teacher against.")
+            return None
         if self.is_world_process_zero():
             logger.info("Teacher check: %.1f%% top-1 on the first %d examples as fed (chance %.1f%%).",
                         100 * result.top1, result.samples, 100 * result.chance)
@@ -636,10 +643,30 @@ class DistillationTrainer(Trainer):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+class _DatasetEpoch(TrainerCallback):
+    """Tells a train dataset with ``set_epoch`` (the CIFAR pipeline's per-epoch order and augmentations) which epoch
+    runs: accelerate's data loader passes it on only for some samplers (not the seedable random one under DDP)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        dataset = self.trainer.train_dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(state.epoch + 1e-9))  # epochs completed (mid-epoch on a resume: the one running)
+
+
 def _named_datasets(train: Any, evaluation: Any) -> list[tuple[str, Any]]:
     named = [("train", train)]
     named += list(evaluation.items()) if isinstance(evaluation, dict) else [("eval", evaluation)]
     return named
+
+
+def _checked_batches(loader: DataLoader, channels: int | None, device: torch.device):
+    """The loader's batches on ``device``, each checked first (a bad batch is named, not a teacher failure)."""
+    for batch in loader:
+        check_batch(batch, channels, needs_labels=False)
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _check_dim(side: str, inferred: int, given: int | None) -> None:

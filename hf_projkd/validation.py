@@ -159,6 +159,48 @@ def check_batch(inputs: Mapping[str, Any], channels: int | None, needs_labels: b
         raise ValueError(f"{labels.shape[0]} labels for {pixels.shape[0]} images in the batch.")
 
 
+class CheckedCollator:
+    """The data collator, with one failure made readable: images of different shapes in one batch cannot be stacked,
+    and the collator's own error (a ``torch.stack`` size message) names neither the images nor the fix.
+
+    Other attributes are the wrapped collator's (``image_mean``, ``teacher``, ...).
+    """
+
+    def __init__(self, collator: Callable[[Any], Any]) -> None:
+        self.collator = collator
+
+    def __call__(self, features: Any) -> Any:
+        try:
+            return self.collator(features)
+        except (RuntimeError, ValueError, TypeError) as error:
+            shapes = _pixel_shapes(features)
+            if len(shapes) < 2:
+                raise
+            raise ValueError(
+                f"The images of one batch have different shapes {sorted(shapes)[:4]}: expected one (channels, "
+                "height, width) for every 'pixel_values' of a batch, as they are stacked into one tensor. Resize or "
+                "crop them to one size in the transform (e.g. Resize + CenterCrop, or RandomResizedCrop), or decode "
+                "them with hf_projkd.data.decode_image_dataset(..., image_size=<side>)."
+            ) from error
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "collator":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+
+def _pixel_shapes(features: Any) -> set[tuple[int, ...]]:
+    if not isinstance(features, (list, tuple)):
+        return set()
+    shapes = set()
+    for item in features:
+        value = item.get("pixel_values") if isinstance(item, Mapping) else None
+        shape = getattr(value, "shape", None)
+        if shape is not None:
+            shapes.add(tuple(int(v) for v in shape))
+    return shapes
+
+
 # -- during training -------------------------------------------------------------------------------------------
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""

@@ -57,6 +57,22 @@ def random_image_dataset(n: int = 32, num_classes: int = NUM_CLASSES, seed: int 
     ).with_format("torch")
 
 
+class EpochRecordingImages(torch.utils.data.Dataset):
+    """Random images that record the epochs they are told (the CIFAR pipeline draws its order and crops from them)."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.data, self.epochs = random_image_dataset(n), []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.data[index]
+
+
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return random_image_dataset()

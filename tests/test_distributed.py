@@ -99,6 +99,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(ddp_run, tmp_p
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=2e-4), key
 
 
+def test_a_dataset_with_set_epoch_is_told_every_epoch_on_every_rank(ddp_run):
+    assert ddp_run[0]["epochs"] == ddp_run[1]["epochs"] == [0, 1, 2]
+
+
 def test_every_rank_evaluates_and_saves_the_same_batch_norm_statistics(ddp_run):
     from safetensors.torch import load_file
 

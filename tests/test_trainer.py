@@ -216,3 +216,4 @@ def test_weight_decay_filters(tmp_path):
     assert set(everything.get_decay_parameter_names(everything.model)) == {
         n for n, _ in everything.model.named_parameters()
     }
+

@@ -29,6 +29,9 @@ class DecodedImages:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device | str) -> DecodedImages:
+        return DecodedImages(self.pixels.to(device), self.labels.to(device))
+
 
 def decode_image_dataset(
     dataset: Dataset, image_column: str, label_column: str, image_size: int | None = None
@@ -132,38 +135,76 @@ class CifarTensorDataset(TorchDataset):
     and flip of an image are a pure function of ``(seed, epoch, index)`` (``set_epoch`` is called by the Trainer's
     data loader each epoch), so a resumed run replays exactly the augmentations of an uninterrupted one, whatever
     was prefetched or skipped.
+
+    ``shuffle=True`` makes the dataset itself shuffle, by a permutation of ``(seed, epoch)``: used with the
+    Trainer's sequential sampler, batches are contiguous index ranges, which a dataset held on the GPU turns into
+    its images with one slice, no host-to-device copy. ``batched`` (default: when the images are not on the CPU)
+    returns each batch as one dict of stacked tensors, which ``CifarCollator`` normalises on the same device: the
+    fast path of the CRD protocol on a GPU, with no per-sample host work.
     """
 
     def __init__(self, images: DecodedImages, augment: bool = False, padding: int = 4, flip: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, shuffle: bool = False, batched: bool | None = None) -> None:
         self.images = images
         self.augment = augment
         self.padding = padding
         self.flip = flip
         self.seed = seed
+        self.shuffle = shuffle
+        self.batched = images.pixels.device.type != "cpu" if batched is None else batched
         self.epoch = 0
+        self._order: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self._order = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([index])[0]
+        return self._items(self._index([index]))[0]
 
     def augmentation_keys(self, index: torch.Tensor) -> torch.Tensor:
         """One key per sample from (seed, epoch, index), so draws differ across epochs and seeds."""
         stream = ((self.seed * 0x9E3779B1) ^ (self.epoch * 0x85EBCA77)) & _MASK32
         return _mix32(torch.full_like(index, stream)) ^ index
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        index = torch.as_tensor(indices, dtype=torch.long)
+    def order(self) -> torch.Tensor:
+        """This epoch's permutation of the images (``shuffle``), on their device; made once per epoch."""
+        if self._order is None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = torch.randperm(len(self), generator=generator).to(self.images.pixels.device)
+        return self._order
+
+    def _index(self, positions: Sequence[int]) -> torch.Tensor:
+        """The image indices at ``positions``: a slice of the epoch's order (or of an arange) when the positions are
+        a contiguous range, as the sequential sampler gives, so that nothing is copied from the host."""
+        device = self.images.pixels.device
+        first, count = int(positions[0]), len(positions)
+        if list(positions) == list(range(first, first + count)):
+            if self.shuffle:
+                return self.order()[first:first + count]
+            return torch.arange(first, first + count, device=device)
+        index = torch.as_tensor(list(positions), dtype=torch.long).to(device)
+        return self.order()[index] if self.shuffle else index
+
+    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        index = self._index(positions)
         pixels = self.images.pixels[index]
         if self.augment:
-            pixels = random_crop_flip(pixels, self.padding, self.flip, keys=self.augmentation_keys(index))
+            pixels = random_crop_flip(pixels, self.padding, self.flip, keys=self.augmentation_keys(index),
+                                      gather=self.batched)
         labels = self.images.labels[index]
+        if self.batched:
+            return {"pixel_values": pixels, "labels": labels}
         return [{"pixel_values": p, "labels": y} for p, y in zip(pixels, labels, strict=True)]
+
+    def _items(self, index: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        batch = self.__getitems__(index.tolist())
+        if isinstance(batch, dict):
+            return [{"pixel_values": batch["pixel_values"][0], "labels": batch["labels"][0]}]
+        return batch
 
 
 class CifarCollator:
@@ -188,18 +229,28 @@ class CifarCollator:
         self.teacher = None
         if teacher_mean is not None and (list(teacher_mean) != list(mean) or list(teacher_std) != list(std)):
             self.teacher = (_channel_stat(teacher_mean), _channel_stat(teacher_std))
+        self._on_device: dict[torch.device, tuple] = {}
 
-    def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([f["pixel_values"] for f in features]).float().div_(255.0)
-        batch = {
-            "pixel_values": (pixels - self.mean) / self.std,
-            "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]).long(),
-        }
-        if self.teacher is not None:
-            batch["teacher_pixel_values"] = (pixels - self.teacher[0]) / self.teacher[1]
-        for key in features[0].keys() - batch.keys():  # e.g. cached teacher_logits / teacher_features
-            batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
+    def __call__(self, features: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Items (a list of dicts), or a batch already stacked on its device (``CifarTensorDataset(batched=True)``)."""
+        if isinstance(features, dict):
+            stacked = dict(features)
+        else:
+            stacked = {key: torch.stack([torch.as_tensor(f[key]) for f in features]) for key in features[0]}
+        pixels = stacked.pop("pixel_values").float().div_(255.0)
+        mean, std, teacher = self._statistics(pixels.device)
+        batch = {"pixel_values": (pixels - mean) / std, "labels": stacked.pop("labels").long()}
+        if teacher is not None:
+            batch["teacher_pixel_values"] = (pixels - teacher[0]) / teacher[1]
+        batch.update(stacked)  # e.g. cached teacher_logits / teacher_features, as they are
         return batch
+
+    def _statistics(self, device: torch.device) -> tuple:
+        """The statistics on ``device``, copied there once (a copy per batch would sync the GPU each step)."""
+        if device not in self._on_device:
+            moved = [t.to(device) for t in (self.mean, self.std, *(self.teacher or ()))]
+            self._on_device[device] = (moved[0], moved[1], tuple(moved[2:]) if self.teacher else None)
+        return self._on_device[device]
 
 
 def _channel_stat(values: Sequence[float]) -> torch.Tensor:

@@ -6,6 +6,8 @@ Writes ``rank{r}.pt`` into the output folder given as argv[1]:
   with per-device and with global-batch feature-norm statistics;
 - ``module``: loss, projector gradient and running statistics of a DistillationModel feature loss with
   ``sync_feature_norm=True``, the rank's shard of a fixed global batch, gradients averaged like DDP does;
+- ``epochs``: the epochs a train dataset with ``set_epoch`` was told during a 3-epoch DDP run (accelerate's loader
+  does not pass them on under DDP's seedable sampler; the trainer must);
 - ``batchnorm``: a student WITH batch norm (timm ResNet) after training and an evaluation: its buffers on this rank,
   the eval metrics, and (rank 0) the folder ``save_model`` wrote, so that the test can check that the evaluated
   model and the saved one are the same on every rank.
@@ -20,7 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from conftest import make_args, random_image_dataset, tiny_timm_resnet, tiny_timm_vit, tiny_vit  # noqa: E402
+from conftest import (  # noqa: E402
+    EpochRecordingImages,
+    make_args,
+    random_image_dataset,
+    tiny_timm_resnet,
+    tiny_timm_vit,
+    tiny_vit,
+)
 
 from hf_projkd import DistillationTrainer  # noqa: E402
 from hf_projkd.distributed import world_size  # noqa: E402
@@ -99,6 +108,10 @@ def main() -> None:
     if size > 1:
         results["module"] = sync_module_check(rank, size)
     results["batchnorm"] = batchnorm_check(out / "batchnorm")
+    dataset = EpochRecordingImages(32)
+    DistillationTrainer(tiny_vit(), tiny_timm_vit(), make_args(out / "epochs", max_steps=-1, num_train_epochs=3,
+                                                               teacher_check="off"), train_dataset=dataset).train()
+    results["epochs"] = sorted(set(dataset.epochs))
     torch.save(results, out / f"rank{rank}.pt")
 
 
