@@ -1,6 +1,6 @@
 """Diagnostics of what the projector learns, logged through the Trainer's normal logging.
 
-The paper's argument (METHOD.md, "Why it works") is about the projector ``p = z_s W + b``: under an L2 matching
+The paper's argument (docs/method.md, "Why it works") is about the projector ``p = z_s W + b``: under an L2 matching
 loss ``dW/dt = C_st - C_s W``, so W accumulates the student-teacher cross-correlation; without batch norm many
 singular values of W collapse; and MLP projectors decorrelate their output from their input.
 ``ProjectorDiagnosticsCallback`` makes these visible on any run: every N optimizer steps it records

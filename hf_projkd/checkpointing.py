@@ -138,17 +138,25 @@ def check_safetensors_file(path: Path) -> None:
     """A truncated or corrupt ``.safetensors`` file is an ``OSError`` naming it (the header must describe exactly
     the bytes the file has), before a library reports it without a name."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as raw:
-            header = int.from_bytes(raw.read(8), "little")
-            if not 0 < header <= size - 8:
-                raise ValueError(f"its header length {header} does not fit in its {size} bytes")
-            meta = json.loads(raw.read(header))
-        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
-        if 8 + header + end != size:
-            raise ValueError(f"the file has {size} bytes, its header describes {8 + header + end}")
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        _check_safetensors_layout(path)
+    except (OSError, ValueError) as error:
         raise OSError(f"{path} is truncated or corrupt ({error}). Re-save or re-download it.") from error
+
+
+def _check_safetensors_layout(path: Path) -> None:
+    """``ValueError`` with the reason when the header does not describe exactly the bytes the file has."""
+    size = path.stat().st_size
+    with open(path, "rb") as raw:
+        header = int.from_bytes(raw.read(8), "little")
+        if not 0 < header <= size - 8:
+            raise ValueError(f"its header length {header} does not fit in its {size} bytes")
+        try:
+            meta = json.loads(raw.read(header))
+            end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"its header is not safetensors JSON ({error})") from error
+    if 8 + header + end != size:
+        raise ValueError(f"the file has {size} bytes, its header describes {8 + header + end}")
 
 
 def check_readable(folder: Path) -> None:
@@ -157,7 +165,7 @@ def check_readable(folder: Path) -> None:
     for path in sorted(folder.iterdir()):
         try:
             if path.suffix == ".safetensors":
-                check_safetensors_file(path)
+                _check_safetensors_layout(path)
             elif path.suffix == ".json":
                 json.loads(path.read_text())
             elif path.suffix in (".pt", ".pth", ".bin"):
@@ -166,24 +174,28 @@ def check_readable(folder: Path) -> None:
                 if bad is not None:
                     raise ValueError(f"its entry {bad} fails its CRC check")
         except (OSError, ValueError, zipfile.BadZipFile) as error:
-            raise OSError(f"{path} is truncated or corrupt ({error}): resume from another checkpoint.") from error
+            raise OSError(f"{path} is truncated or corrupt ({error}), although its manifest accepts it (it was "
+                          "accepted by hand, or damaged before the manifest was written)") from error
 
 
 def verify_checkpoint(folder: str | os.PathLike) -> Path:
     """``folder`` if it is complete, intact and readable, else an error saying which one to use instead."""
     folder = Path(folder)
     problem = checkpoint_problem(folder)
+    accept = (" If you know this checkpoint is complete, accept it with "
+              "hf_projkd.checkpointing.mark_checkpoint_complete(folder).")
     if problem is None:
-        check_readable(folder)
-        return folder
+        try:
+            check_readable(folder)
+            return folder
+        except OSError as error:
+            problem, accept = str(error), ""
     good = next((c for c in reversed(list_checkpoints(folder.parent)) if c != folder and not checkpoint_problem(c)),
                 None)
     hint = (f"Resume from {good} (the newest intact checkpoint), or pass resume_from_checkpoint=True to pick it."
-            if good is not None else "There is no intact checkpoint beside it.")
-    raise IncompleteCheckpointError(
-        f"Cannot resume from {folder}: {problem}. {hint} If you know this checkpoint is complete, accept it with "
-        "hf_projkd.checkpointing.mark_checkpoint_complete(folder)."
-    )
+            if good is not None else "There is no intact checkpoint beside it: resume from another checkpoint (or a "
+            "backup of this one), or start a new run.")
+    raise IncompleteCheckpointError(f"Cannot resume from {folder}: {problem}. {hint}{accept}")
 
 
 def resolve_resume_checkpoint(

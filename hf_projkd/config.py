@@ -156,6 +156,11 @@ class DistillationArguments(TrainingArguments):
                   "processes, with gradients) instead of per device (the official behaviour). Costs two small "
                   "all-reduces per step; makes the feature term independent of the number of processes."},
     )
+    compile_loss_terms: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the loss region (projector, both norms, LogSum, KL / DKD, CE) into a few "
+                  "fused kernels, with torch_compile_backend / torch_compile_mode (GPU: the recipes turn it on)."},
+    )
     teacher_channels_last: bool = field(
         default=False, metadata={"help": "Run the teacher (and its inputs) in channels_last memory format (CNNs)."}
     )
@@ -215,21 +220,27 @@ class DistillationArguments(TrainingArguments):
                      "mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}. Use 0 to switch a term off.")
-        for name in ("logsum_exponent", "temperature", "lr_decay_rate"):
+        for name, usual in (("logsum_exponent", "4"), ("temperature", "1 or 4"), ("lr_decay_rate", "0.1")):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}. Set a positive value (the presets "
+                                 f"use {usual}).")
         for name in ("mixup_prob", "mixup_switch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}. Set a probability (DeiT: "
+                                 "mixup_prob 1.0, mixup_switch_prob 0.5).")
         if not 0.0 <= self.label_smoothing_factor < 1.0:
-            raise ValueError(f"label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor}.")
+            raise ValueError(f"label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor}: 1 would "
+                             "leave no signal in the targets. 0.1 is usual (DeiT); 0 turns it off.")
         for name in ("student_feature_dim", "teacher_feature_dim"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)}.")
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)}: give the features' dim, "
+                                 "or leave it unset to infer it from the model.")
         if self.repeated_augmentation < 1:
-            raise ValueError(f"repeated_augmentation must be >= 1 (1: off), got {self.repeated_augmentation}.")
+            raise ValueError(f"repeated_augmentation must be >= 1, got {self.repeated_augmentation}: 1 turns it off, "
+                             "DeiT uses 3.")
         if self.teacher_check_samples < 1:
-            raise ValueError(f"teacher_check_samples must be >= 1, got {self.teacher_check_samples}.")
+            raise ValueError(f"teacher_check_samples must be >= 1, got {self.teacher_check_samples}. To skip the "
+                             "teacher check, set teacher_check='off'.")
         if self.feature_loss_weight == 0 and self.logit_loss_weight == 0 and self.ce_weight == 0:
             raise ValueError("All loss weights are 0: nothing would be trained. Set at least one weight > 0.")
         if self.feature_loss_weight == 0 and not self.uses_teacher_logits and self.ce_weight == 0:
@@ -245,7 +256,8 @@ class DistillationArguments(TrainingArguments):
         try:
             values = tuple(float(v) for v in str(self.lr_decay_at).split(",") if v.strip())
         except ValueError as error:
-            raise ValueError(f"lr_decay_at must be comma-separated fractions, got {self.lr_decay_at!r}.") from error
+            raise ValueError(f"lr_decay_at must be comma-separated fractions of the run, got {self.lr_decay_at!r}: "
+                             "e.g. 0.5,0.75 (x lr_decay_rate at half and three quarters of the steps).") from error
         if not all(0.0 < v < 1.0 for v in values) or list(values) != sorted(values):
             raise ValueError(
                 f"lr_decay_at must be increasing fractions of the run in (0, 1), got {self.lr_decay_at!r} (epochs "

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from .checkpointing import check_safetensors_file
-from .models import create_cifar_model, load_cifar10_resnet
+from .models import CIFAR_ARCHITECTURES, create_cifar_model, load_cifar10_resnet
 from .models.configuration_cifar import normalize_architecture_name
 
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -48,7 +48,11 @@ def is_timm_checkpoint(name_or_path: str) -> bool:
         return True
     config = Path(name_or_path) / "config.json"
     if config.is_file():
-        data = json.loads(config.read_text())
+        try:
+            data = json.loads(config.read_text())
+        except ValueError as error:
+            raise ValueError(f"{config} is not valid JSON ({error}): expected the config.json that save_pretrained "
+                             "or timm's save_for_hf writes.") from error
         return "architecture" in data and "model_type" not in data
     return False
 
@@ -150,7 +154,8 @@ def create_student(
     cifar = _cifar_name(arch)
     if family == "cifar" or (not family and cifar and (cifar_first or arch not in timm.list_models())):
         if cifar is None:
-            raise ValueError(f"--student {name!r}: {arch!r} is not a CIFAR architecture.")
+            raise ValueError(f"--student {name!r}: {arch!r} is not a CIFAR architecture. CIFAR architectures are "
+                             f"{', '.join(CIFAR_ARCHITECTURES)}; for a timm model write timm:{arch}.")
         stats = {"image_mean": image_mean, "image_std": image_std} if image_mean is not None else {}
         return create_cifar_model(cifar, image_size=image_size, **stats, **labels)
     if arch in DEIT_SIZES:
@@ -182,7 +187,8 @@ def _from_config_file(path: Path, labels: dict[str, Any], image_size: int) -> Pr
         raise FileNotFoundError(f"--student {path}: no such config file.")
     values = json.loads(path.read_text())
     if "model_type" not in values:
-        raise ValueError(f"--student {path} has no 'model_type': expected a transformers config.json.")
+        raise ValueError(f"--student {path} has no 'model_type': expected a transformers config.json. Add the "
+                         'model type, e.g. "model_type": "deit" (as save_pretrained writes it).')
     config = AutoConfig.for_model(values.pop("model_type"), **{**values, **labels})
     if getattr(config, "image_size", image_size) != image_size:
         raise ValueError(

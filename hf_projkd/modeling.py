@@ -57,9 +57,12 @@ class DistillationOutput(ModelOutput):
 class DistillationModel(nn.Module):
     """Student, projector and normalisers; ``forward`` returns the SRD loss when given teacher outputs.
 
-    Total loss (METHOD.md): ``ce_weight * CE + logit_loss_weight * KL(p_t || p_s) + feature_loss_weight *
+    Total loss (docs/method.md): ``ce_weight * CE + logit_loss_weight * KL(p_t || p_s) + feature_loss_weight *
     log(sum |BN(z_s W + b) - BN(z_t)|^alpha)``; a term whose teacher output is not given is left out. In eval
     mode it runs the student alone and the loss is the cross-entropy of the inference logits.
+
+    ``compile_loss_terms`` compiles everything after the student's forward (projector, both norms, LogSum, KL / DKD,
+    CE) into one region: a handful of fused kernels instead of a few dozen small launches per step on a GPU.
     """
 
     config = None  # no config of its own; Trainer reads `model.config` (label smoothing, use_cache), None-safe
@@ -101,22 +104,42 @@ class DistillationModel(nn.Module):
             return DistillationOutput(loss=loss, logits=out.logits)
 
         s = self.settings
+        if s.ce_weight > 0 or s.logit_loss == "dkd":
+            self._need(labels)
+        if teacher_features is not None and self.projector is not None:
+            self._check_dims(out.features, teacher_features)
+        terms = self._loss_terms if self._compiled_terms is None else self._compiled_terms
+        loss, parts = terms(out.class_logits, out.distillation_logits, out.features, labels, teacher_logits,
+                            teacher_features)
+        return DistillationOutput(loss=loss, logits=out.logits, **parts)
+
+    def _loss_terms(
+        self, class_logits: torch.Tensor, distillation_logits: torch.Tensor, features: torch.Tensor,
+        labels: torch.Tensor | None, teacher_logits: torch.Tensor | None, teacher_features: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total and each unweighted term, from the student's outputs and the teacher's."""
+        s = self.settings
         parts: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
         if s.ce_weight > 0:
-            parts["loss_ce"] = classification_loss(out.class_logits, self._need(labels), s.label_smoothing)
+            parts["loss_ce"] = classification_loss(class_logits, labels, s.label_smoothing)
             weights["loss_ce"] = s.ce_weight
         if teacher_logits is not None and s.logit_loss != "none" and s.logit_loss_weight > 0:
-            parts["loss_logit"] = self._logit_loss(out.distillation_logits, teacher_logits, labels)
+            parts["loss_logit"] = self._logit_loss(distillation_logits, teacher_logits, labels)
             weights["loss_logit"] = s.logit_loss_weight
         if teacher_features is not None and self.projector is not None:
-            parts["loss_feature"] = self.feature_loss(out.features, teacher_features)
+            parts["loss_feature"] = self.feature_loss(features, teacher_features)
             weights["loss_feature"] = s.feature_loss_weight
-        loss = sum(weights[name] * value for name, value in parts.items())
-        return DistillationOutput(loss=loss, logits=out.logits, **parts)
+        return sum(weights[name] * value for name, value in parts.items()), parts
 
-    def project(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(BN(z_s W + b), BN(z_t))`` in float32: the two sides the feature loss compares."""
+    _compiled_terms = None
+
+    def compile_loss_terms(self, backend: str | None = None, mode: str | None = None) -> None:
+        """Compile the loss terms (see the class docstring); ``backend`` / ``mode`` as ``torch.compile``'s."""
+        self._compiled_terms = torch.compile(self._loss_terms, backend=backend or "inductor", mode=mode,
+                                             dynamic=False)
+
+    def _check_dims(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> None:
         for side, tensor, dim in (("student", student_features, self.feature_dims[0]),
                                   ("teacher", teacher_features, self.feature_dims[1])):
             if tensor.dim() != 2 or tensor.shape[1] != dim:
@@ -125,6 +148,9 @@ class DistillationModel(nn.Module):
                     f"{dim}). Pass {side}_feature_dim / {side}_feature_module for the features you mean, or (cached "
                     "teacher outputs) store 'teacher_features' of the teacher's pooled pre-logit dim."
                 )
+
+    def project(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(BN(z_s W + b), BN(z_t))`` in float32: the two sides the feature loss compares."""
         projected = self.projector(student_features)
         return self.student_norm(projected.float()), self.teacher_norm(teacher_features.float())
 

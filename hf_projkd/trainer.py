@@ -144,6 +144,8 @@ class DistillationTrainer(Trainer):
             student, student_dim, teacher_dim, LossSettings.from_args(args), projector=args.projector,
             feature_norm=args.feature_norm, adapter=self.student_adapter, sync_feature_norm=args.sync_feature_norm,
         )
+        if args.compile_loss_terms:
+            distillation_model.compile_loss_terms(args.torch_compile_backend, args.torch_compile_mode)
         kwargs.setdefault("compute_metrics", self.distillation_metrics)
         super().__init__(model=distillation_model, args=args, **kwargs)
         self.add_callback(_DatasetEpoch(self))
@@ -250,12 +252,14 @@ class DistillationTrainer(Trainer):
             needed = [k for k, used in (("teacher_logits", self.args.uses_teacher_logits),
                                         ("teacher_features", self.args.uses_features)) if used and cached[k] is None]
             if needed:
-                raise KeyError(f"The batch carries cached teacher outputs but not {needed}, which this method needs.")
+                raise KeyError(f"The batch carries cached teacher outputs but not {needed}, which this method needs: "
+                               f"add {' and '.join(repr(k) for k in needed)} to each batch, or switch that term off.")
             return ModelFeatures(logits, features, logits, logits)
         if self.teacher is None:
             raise KeyError(
                 f"There is no teacher model and the batch carries no cached teacher outputs ({CACHED_TEACHER_KEYS}); "
-                f"its keys are {sorted(inputs)}. Pass teacher_model=..., or add the cached outputs to each batch."
+                f"its keys are {sorted(k for k, v in inputs.items() if v is not None)}. Pass teacher_model=..., or add "
+                "the cached outputs to each batch."
             )
         return self.teacher_forward(self._teacher_inputs(inputs, pixel_values))
 
@@ -466,8 +470,10 @@ class DistillationTrainer(Trainer):
         finite = np.isfinite(student).all(axis=1)
         metrics = top_k_accuracy(student, labels)
         if not finite.all():
-            logger.warning("%d of %d evaluation samples have NaN/inf student logits (NaN inputs, or a diverged "
-                           "model); they count as wrong.", int((~finite).sum()), finite.size)
+            logger.warning("%d of %d evaluation samples have NaN/inf student logits, which should be finite (NaN "
+                           "inputs, or a diverged model); they count as wrong and make eval_loss NaN. Check the data "
+                           "with torch.isfinite(batch['pixel_values']).all() and the weights.", int((~finite).sum()),
+                           finite.size)
             metrics["nonfinite_logits"] = int((~finite).sum())
         if not self._teacher_eval or self._eval_key is None:
             return metrics

@@ -129,7 +129,8 @@ def check_batch(inputs: Mapping[str, Any], channels: int | None, needs_labels: b
             "transform (e.g. ToTensor + Normalize, or an image processor) instead of feeding raw pixel values."
         )
     if pixels.dim() != 4:
-        raise ValueError(f"'pixel_values' must be (batch, channels, height, width), got shape {tuple(pixels.shape)}.")
+        raise ValueError(f"'pixel_values' must be (batch, channels, height, width), got shape {tuple(pixels.shape)}: "
+                         "stack the images of a batch with torch.stack (not torch.cat) in your collator.")
     if channels is not None and pixels.shape[1] != channels:
         layout = (" It looks like (batch, height, width, channels): permute to channels-first with "
                   "pixel_values.permute(0, 3, 1, 2)." if pixels.shape[-1] == channels else "")
@@ -150,13 +151,16 @@ def check_batch(inputs: Mapping[str, Any], channels: int | None, needs_labels: b
         return
     if not isinstance(labels, torch.Tensor):
         raise TypeError(
-            f"'labels' must be a tensor of class indices, got {type(labels).__name__} ({labels!r:.60}). String "
-            "labels: encode them (dataset.class_encode_column('label'))."
+            f"'labels' must be a tensor of class indices, got {type(labels).__name__} ({labels!r:.60}): return "
+            "torch.tensor(labels) from your collator; string labels: encode them first "
+            "(dataset.class_encode_column('label'))."
         )
     if labels.dim() == 1 and labels.is_floating_point():
-        raise TypeError(f"'labels' of shape {tuple(labels.shape)} are {labels.dtype}: expected integer class indices.")
+        raise TypeError(f"'labels' of shape {tuple(labels.shape)} are {labels.dtype}: expected integer class indices "
+                        "(or (batch, classes) probabilities). Convert them with labels.long().")
     if labels.shape[0] != pixels.shape[0]:
-        raise ValueError(f"{labels.shape[0]} labels for {pixels.shape[0]} images in the batch.")
+        raise ValueError(f"{labels.shape[0]} labels for {pixels.shape[0]} images in the batch: expected one label per "
+                         "image. Check that your collator stacks the labels of the same examples as the images.")
 
 
 class CheckedCollator:
@@ -249,7 +253,8 @@ class NonFiniteLossGuard:
         kept = (f"The last good checkpoint is {good}: resume from it" if good else
                 "No complete checkpoint was written before: restart")
         raise NonFiniteLossError(
-            f"The training loss became NaN/inf between steps {self.checked_step} and {step}, in {', '.join(parts)}. "
+            f"The training loss must stay finite but became NaN/inf between steps {self.checked_step} and {step}, in "
+            f"{', '.join(parts)}. "
             f"Training stopped before writing anything. {kept} after the fix. Usual causes: a learning rate too "
             "high (lower it, set max_grad_norm), fp16 overflow (use bf16), NaN/inf in the inputs, or a large "
             "logsum_exponent with feature_norm='none'."

@@ -377,7 +377,8 @@ def test_12_a_broken_state_file_accepted_by_hand_is_named_before_the_trainer_rea
     original = path.read_bytes()
     path.write_bytes(damage if damage is not None else original[: len(original) // 2])
     mark_checkpoint_complete(folder)  # accepted by hand: the checksums now agree with the damaged bytes
-    with pytest.raises(OSError, match=rf"{path} is truncated or corrupt .*resume from another checkpoint"):
+    message = rf"Cannot resume from {folder}: {path} is truncated or corrupt .*Resume from {tmp_path / 'checkpoint-1'}"
+    with pytest.raises(OSError, match=message):
         _trainer(tmp_path, teacher_check="off", max_steps=3).train(resume_from_checkpoint=str(folder))
 
 

@@ -128,6 +128,23 @@ def test_torch_compile_with_compiled_channels_last_teacher_keeps_the_results(tmp
         torch.testing.assert_close(student[name], value, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("logit_loss", ["kl", "dkd"])
+def test_the_compiled_loss_region_gives_the_eager_losses_and_weights(tmp_path, logit_loss):
+    """compile_loss_terms fuses projector, norms, LogSum, KL / DKD and CE; it must not change what is computed."""
+    eager = _trainer(tmp_path / "eager", tiny_vit(), tiny_timm_resnet(), logit_loss=logit_loss)
+    compiled = _trainer(tmp_path / "compiled", tiny_vit(), tiny_timm_resnet(), logit_loss=logit_loss,
+                        compile_loss_terms=True, torch_compile_backend="aot_eager")
+    torch._dynamo.reset()
+    eager.train()
+    compiled.train()
+    assert compiled.model._compiled_terms is not None and eager.model._compiled_terms is None
+    for got, want in zip(_losses(compiled), _losses(eager), strict=True):
+        for key in ("loss", "loss_ce", "loss_logit", "loss_feature"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-5), key
+    for name, value in eager.model.state_dict().items():  # student, projector and normaliser statistics
+        torch.testing.assert_close(compiled.model.state_dict()[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.skipif(os.environ.get("HF_PROJKD_TEST_INDUCTOR") != "1",
                     reason="inductor's C++ build takes minutes on a CPU; set HF_PROJKD_TEST_INDUCTOR=1 to run it")
 def test_inductor_compile_of_student_and_teacher_keeps_the_results(tmp_path):

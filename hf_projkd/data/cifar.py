@@ -8,7 +8,6 @@ indexing, and the collator turns uint8 into normalised floats. ``benchmarks/cifa
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,8 @@ import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
 from torch.utils.data import Dataset as TorchDataset
+
+from .loading import open_image
 
 
 @dataclass
@@ -46,7 +47,7 @@ def decode_image_dataset(
             "Pass the right names (see hf_projkd.data.resolve_columns)."
         )
     raw = dataset.cast_column(image_column, Image(decode=False)).with_format(None)
-    arrays = [_decode(item, image_size) for item in raw[image_column]]
+    arrays = [_decode(item, image_size, row) for row, item in enumerate(raw[image_column])]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(
@@ -57,14 +58,8 @@ def decode_image_dataset(
     return DecodedImages(pixels, labels)
 
 
-def _decode(item: dict | PILImage.Image, image_size: int | None) -> np.ndarray:
-    if isinstance(item, PILImage.Image):
-        image = item
-    elif item.get("bytes") is not None:
-        image = PILImage.open(io.BytesIO(item["bytes"]))
-    else:
-        image = PILImage.open(item["path"])
-    image = image.convert("RGB")
+def _decode(item: dict | PILImage.Image, image_size: int | None, row: int) -> np.ndarray:
+    image = open_image(item, f"row {row}")
     if image_size is not None and image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), PILImage.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
@@ -100,7 +95,8 @@ def random_crop_flip(
     one indexing op instead of a slice per sample, the fast way on a GPU.
     """
     if pixels.dim() != 4:
-        raise ValueError(f"random_crop_flip expects a (B, C, H, W) batch, got shape {tuple(pixels.shape)}.")
+        raise ValueError(f"random_crop_flip expects a (B, C, H, W) batch, got shape {tuple(pixels.shape)}: for one "
+                         "image, pass pixels.unsqueeze(0).")
     batch, _, height, width = pixels.shape
     if keys is not None:
         keys = keys.to(pixels.device, torch.int64)
@@ -225,7 +221,9 @@ class CifarCollator:
     ) -> None:
         self.mean, self.std = _channel_stat(mean), _channel_stat(std)
         if (teacher_mean is None) != (teacher_std is None):
-            raise ValueError("Pass both teacher_mean and teacher_std, or neither.")
+            given, missing = ("teacher_mean", "teacher_std") if teacher_std is None else ("teacher_std", "teacher_mean")
+            raise ValueError(f"Got {given} without {missing}: the teacher's normalisation needs both. Pass both "
+                             "teacher_mean and teacher_std, or neither.")
         self.teacher = None
         if teacher_mean is not None and (list(teacher_mean) != list(mean) or list(teacher_std) != list(std)):
             self.teacher = (_channel_stat(teacher_mean), _channel_stat(teacher_std))

@@ -14,13 +14,17 @@ from typing import Any
 
 import torch
 from datasets import ClassLabel, Dataset, IterableDataset
+from datasets import Image as ImageFeature
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.auto_augment import AugmentOp
 
-from .loading import load_image_dataset, resolve_columns
+from .loading import load_image_dataset, open_image, resolve_columns
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box", "random")
+RANDOM_ERASING_MODES = ("pixel", "rand", "const")
+_IMAGENET = {"image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD}
 """Size of the ILSVRC-2012 train split, for step counts when streaming and the dataset does not say."""
 
 
@@ -74,7 +78,20 @@ class ImageNetDataArguments:
                                  f"{getattr(self, name)}.")
         if self.input_size < 1 or not 0 < self.crop_pct <= 1:
             raise ValueError(f"--input_size must be >= 1 and --crop_pct in (0, 1], got {self.input_size} and "
-                             f"{self.crop_pct}.")
+                             f"{self.crop_pct}. DeiT and ResNet evaluate with --input_size 224 --crop_pct 0.875.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"--interpolation {self.interpolation!r} is not supported: expected one of "
+                             f"{INTERPOLATIONS}.")
+        if self.remode not in RANDOM_ERASING_MODES:
+            raise ValueError(f"--remode {self.remode!r} is not supported: expected one of {RANDOM_ERASING_MODES}.")
+        if not 0 < self.train_scale_min <= 1:
+            raise ValueError(f"--train_scale_min must be in (0, 1] (the smallest crop area, as a fraction of the "
+                             f"image), got {self.train_scale_min}. DeiT uses 0.08.")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) != 3 or (name == "image_std" and min(values) <= 0):
+                raise ValueError(f"--{name} needs 3 values (one per RGB channel{', each > 0' * (name == 'image_std')}"
+                                 f"), got {list(values)}. Pass e.g. --{name} {' '.join(map(str, _IMAGENET[name]))}.")
 
 
 def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -114,18 +131,26 @@ def _walk(transform: Any, depth: int = 0):
 def build_train_transform(args: ImageNetDataArguments) -> Callable:
     """timm's training pipeline: RandomResizedCrop, flip, RandAugment, to tensor, normalise, random erasing."""
     auto_augment = None if args.auto_augment in (None, "", "none") else args.auto_augment
-    return _with_safe_posterize(create_transform(
-        input_size=args.input_size,
-        is_training=True,
-        scale=(args.train_scale_min, 1.0),
-        color_jitter=args.color_jitter,
-        auto_augment=auto_augment,
-        interpolation=args.interpolation,
-        mean=tuple(args.image_mean),
-        std=tuple(args.image_std),
-        re_prob=args.reprob,
-        re_mode=args.remode,
-    ))
+    try:
+        transform = create_transform(
+            input_size=args.input_size,
+            is_training=True,
+            scale=(args.train_scale_min, 1.0),
+            color_jitter=args.color_jitter,
+            auto_augment=auto_augment,
+            interpolation=args.interpolation,
+            mean=tuple(args.image_mean),
+            std=tuple(args.image_std),
+            re_prob=args.reprob,
+            re_mode=args.remode,
+        )
+    except (AssertionError, KeyError, ValueError) as error:  # timm parses the policy string with asserts
+        raise ValueError(
+            f"--auto_augment {args.auto_augment!r} is not a timm augmentation policy ({type(error).__name__}: "
+            f"{error}): expected e.g. 'rand-m9-mstd0.5-inc1' (DeiT's RandAugment), 'augmix-m5-w4-d2', 'original', "
+            "or 'none' to turn it off."
+        ) from error
+    return _with_safe_posterize(transform)
 
 
 def build_eval_transform(args: ImageNetDataArguments) -> Callable:
@@ -249,10 +274,13 @@ def _with_transform(
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
         return {
-            "pixel_values": [transform(image.convert("RGB")) for image in batch[image_column]],
+            "pixel_values": [transform(open_image(image, f"{image_column!r} of an example")) for image in
+                             batch[image_column]],
             "labels": list(batch[label_column]),
         }
 
+    if isinstance((dataset.features or {}).get(image_column), ImageFeature):  # decoded here: a bad file is named
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
     if isinstance(dataset, IterableDataset):
         # small batches: a streamed map holds a whole batch of decoded, augmented tensors per worker
         return dataset.map(convert, batched=True, batch_size=16, remove_columns=list(dataset.column_names or []))

@@ -3,14 +3,17 @@ its splits, columns and labels."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset
+from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,31 @@ def _pick(columns: list[str], given: str | None, usual: tuple[str, ...], what: s
     raise ValueError(
         f"No {what} column found: looked for {list(usual)}, the dataset has {columns}. Name it with {flag}=<column>."
     )
+
+
+def open_image(item: Any, where: str) -> PILImage.Image:
+    """An RGB image from a ``datasets`` Image cell (a PIL image, or undecoded ``{'bytes', 'path'}``).
+
+    An image PIL cannot read is an error naming it and the fix, instead of PIL's "cannot identify image file
+    <_io.BytesIO ...>" from deep inside a data loader.
+    """
+    if isinstance(item, PILImage.Image):
+        return item.convert("RGB")
+    path = item.get("path") if isinstance(item, dict) else None
+    try:
+        if isinstance(item, dict) and item.get("bytes") is not None:
+            image = PILImage.open(io.BytesIO(item["bytes"]))
+        elif path:
+            image = PILImage.open(path)
+        else:
+            raise ValueError(f"no image bytes or path in {item!r:.80}")
+        return image.convert("RGB")  # decodes fully: a truncated file fails here
+    except (OSError, ValueError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+        name = f"{where} ({path})" if path else where
+        raise ValueError(
+            f"The image at {name} cannot be decoded ({type(error).__name__}: {error}): expected an image PIL can "
+            "read (JPEG, PNG, ...). Remove or re-encode it (e.g. dataset.filter(...) without that row), then retry."
+        ) from error
 
 
 # -- data checks -------------------------------------------------------------------------------------------------

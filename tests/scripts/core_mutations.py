@@ -17,12 +17,15 @@ import argparse
 import datetime
 import os
 import platform
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,10 +139,10 @@ MUTATIONS = [
     Mutation("student side un-normalised", "the student side of the feature loss (raw projector output)",
              ((M, "self.student_norm(projected.float())", "projected.float()"),), (REFERENCE, TRAINER_REFERENCE)),
     Mutation("kd on the class head", "DeiT: KD trains the class-token head, nothing the distillation head",
-             ((M, "self._logit_loss(out.distillation_logits,", "self._logit_loss(out.class_logits,"),), (DEIT,)),
+             ((M, "self._logit_loss(distillation_logits,", "self._logit_loss(class_logits,"),), (DEIT,)),
     Mutation("ce on the distillation head", "DeiT: CE trains the distillation-token head",
-             ((M, "classification_loss(out.class_logits, self._need", "classification_loss(out.distillation_logits, "
-               "self._need"),), (DEIT,)),
+             ((M, "classification_loss(class_logits, labels,", "classification_loss(distillation_logits, labels,"),),
+             (DEIT,)),
     Mutation("ce and kd weights swapped", "the CE / KD balance (equal in the default preset, so only visible "
              "with other weights)",
              ((M, 'weights["loss_ce"] = s.ce_weight\n', 'weights["loss_ce"] = s.logit_loss_weight\n'),
@@ -216,9 +219,13 @@ def pytest_command(tests: tuple[str, ...] | list[str]) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *tests]
 
 
-def run(work: Path, command: list[str]) -> subprocess.CompletedProcess:
+def run(work: Path, command: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
+    """``command`` in the scratch copy ``work``, importing its package; no bytecode is written (a mutation and its
+    undo can share a size and an mtime second, and a stale .pyc would run the wrong code)."""
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
 
 
@@ -267,7 +274,7 @@ def machine() -> str:
     import torch
 
     return (f"{cpu}, {os.cpu_count()} CPU cores, no GPU used; {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+            f"{platform.python_version()}, torch {torch.__version__}")
 
 
 def check_scratch_is_imported(work: Path) -> str:
@@ -289,7 +296,8 @@ def check_scratch_is_imported(work: Path) -> str:
     return f"an error planted in the scratch copy's hf_projkd/__init__.py made pytest fail ({summary(result.stdout)})"
 
 
-def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: str, seconds: float) -> None:
+def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: str, seconds: float,
+                 parallel: str) -> None:
     caught = sum(row["result"] == "CAUGHT" for row in rows)
     lines = [
         "# Core mutation check (issue 13)",
@@ -303,7 +311,7 @@ def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: 
         f"- Machine: {machine()}",
         f"- Sanity: {sanity}; unmutated baseline of every selected test: {baseline}",
         f"- Result: **{caught} of {len(rows)} mutations caught, {len(rows) - caught} survived**; "
-        f"whole run {seconds / 60:.1f} min",
+        f"whole run {seconds / 60:.1f} min (mutations {parallel}, each in its own scratch copy)",
         "",
         "| # | mutation | file | what it breaks | result | failing tests | s |",
         "|---|---|---|---|---|---|---|",
@@ -314,61 +322,91 @@ def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: 
     path.write_text("\n".join(lines) + "\n")
 
 
+def scratch_copy(folder: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("hf_projkd", "tests", "recipes"):
+        shutil.copytree(ROOT / name, folder / name, ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", folder / "pyproject.toml")
+    return folder
+
+
+def run_mutation(work: Path, mutation: Mutation, threads: int) -> dict[str, str]:
+    began = time.perf_counter()
+    originals = apply(work, mutation.edits)
+    try:
+        result = run(work, pytest_command(mutation.tests), threads)
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    failed = failing_tests(result.stdout + result.stderr)
+    if result.returncode == 1 and failed:
+        verdict = "CAUGHT"
+    elif result.returncode == 0:
+        verdict = "SURVIVED"
+    else:
+        verdict = f"ERROR (pytest exit {result.returncode})"
+    files = ", ".join(dict.fromkeys(Path(file).name for file, _, _ in mutation.edits))
+    by = "<br>".join(failed) if failed else f"none ({summary(result.stdout) or result.stderr[-200:]})"
+    return dict(name=mutation.name, file=files, breaks=mutation.breaks, result=verdict, by=by,
+                seconds=f"{time.perf_counter() - began:.0f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="run only the mutations whose name contains this (no report written)")
+    parser.add_argument("--jobs", type=int, default=2, help="mutations run at once, each in its own scratch copy "
+                        "with cpu_count / jobs threads (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="the markdown report (default: %(default)s)")
     options = parser.parse_args()
     mutations = [m for m in MUTATIONS if options.only is None or options.only in m.name]
+    jobs = max(1, min(options.jobs, len(mutations)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    stale = [f"{mutation.name} ({file}: {old.strip()!r})" for mutation in mutations for file, old, _ in mutation.edits
+             if (ROOT / file).read_text().count(old) != 1]
+    if stale:  # every code to mutate must be there, once, before anything runs
+        raise SystemExit("The code to mutate is not found exactly once (the package changed; update this script):\n  "
+                         + "\n  ".join(stale))
     start = time.perf_counter()
-    rows: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for folder in ("hf_projkd", "tests", "recipes"):
-            shutil.copytree(ROOT / folder, work / folder, ignore=ignore)
-        shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
-        for mutation in mutations:  # every code to mutate must be there before anything runs
-            for file, old, _ in mutation.edits:
-                if (work / file).read_text().count(old) != 1:
-                    raise SystemExit(f"{mutation.name}: the code to mutate changed in {file}; update this script.")
-        sanity = check_scratch_is_imported(work)
+        works = [scratch_copy(Path(scratch) / f"copy{i}") for i in range(jobs)]
+        sanity = [check_scratch_is_imported(work) for work in works][0] + f" (checked in each of the {jobs} copies)"
         print(f"sanity: {sanity}", flush=True)
         selected = list(dict.fromkeys(test for m in mutations for test in m.tests))
-        baseline_run = run(work, pytest_command(selected))
-        baseline = summary(baseline_run.stdout)
-        if baseline_run.returncode != 0:
-            print(baseline_run.stdout[-4000:])
+        with ThreadPoolExecutor(jobs) as pool:
+            halves = [selected[i::jobs] for i in range(jobs)]
+            baseline_runs = list(pool.map(lambda i: run(works[i], pytest_command(halves[i]), threads), range(jobs)))
+        baseline = " + ".join(summary(r.stdout) for r in baseline_runs)
+        if any(r.returncode != 0 for r in baseline_runs):
+            print("\n".join(r.stdout[-3000:] for r in baseline_runs))
             raise SystemExit(f"The selected tests fail WITHOUT a mutation ({baseline}): fix them first.")
         print(f"baseline: {baseline}", flush=True)
-        for mutation in mutations:
-            began = time.perf_counter()
-            originals = apply(work, mutation.edits)
-            try:
-                result = run(work, pytest_command(mutation.tests))
-            finally:
-                for path, text in originals.items():
-                    path.write_text(text)
-            output = result.stdout + result.stderr
-            failed = failing_tests(output)
-            if result.returncode == 1 and failed:
-                verdict = "CAUGHT"
-            elif result.returncode == 0:
-                verdict = "SURVIVED"
-            else:
-                verdict = f"ERROR (pytest exit {result.returncode})"
-            seconds = time.perf_counter() - began
-            files = ", ".join(dict.fromkeys(Path(file).name for file, _, _ in mutation.edits))
-            by = "<br>".join(failed) if failed else f"none ({summary(result.stdout) or result.stderr[-200:]})"
-            rows.append(dict(name=mutation.name, file=files, breaks=mutation.breaks, result=verdict, by=by,
-                             seconds=f"{seconds:.0f}"))
-            print(f"{verdict:8s} {mutation.name:45s} {seconds:5.1f}s  {', '.join(failed) or summary(result.stdout)}",
-                  flush=True)
+
+        pending: queue.Queue[int] = queue.Queue()
+        for index in range(len(mutations)):
+            pending.put(index)
+        rows: list[dict[str, str] | None] = [None] * len(mutations)
+        printing = threading.Lock()
+
+        def worker(work: Path) -> None:
+            while True:
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                row = rows[index] = run_mutation(work, mutations[index], threads)
+                with printing:
+                    by = row["by"].replace("<br>", ", ")
+                    print(f"{row['result']:8s} {row['name']:45s} {row['seconds']:>4s}s  {by}", flush=True)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(worker, work) for work in works]:
+                future.result()
     seconds = time.perf_counter() - start
-    survived = [row for row in rows if row["result"] != "CAUGHT"]
-    print(f"{len(rows) - len(survived)} of {len(rows)} caught in {seconds / 60:.1f} min", flush=True)
+    done = [row for row in rows if row is not None]
+    survived = [row for row in done if row["result"] != "CAUGHT"]
+    print(f"{len(done) - len(survived)} of {len(done)} caught in {seconds / 60:.1f} min", flush=True)
     if options.only is None:
-        write_report(options.output, rows, sanity, baseline, seconds)
+        write_report(options.output, done, sanity, baseline, seconds, f"{jobs} at once, {threads} threads each")
         print(f"wrote {options.output}")
     return 1 if survived else 0
 
