@@ -682,6 +682,17 @@ error_case("teacher features turn inf at step 3", "teacher_forward returns inf f
            intact=checkpoints_intact("checkpoint-1", "checkpoint-2"))
 
 
+@case("int32 class labels", "labels column of dtype int32", "correct",
+      verify=lambda run, tmp: None if run.state.global_step == 2 else "did not train")
+def _int32_labels(tmp: Path) -> DistillationTrainer:
+    return train(tmp, data=images(16, labels=torch.randint(0, C, (16,), dtype=torch.int32)))
+
+
+error_case("evaluate() without evaluation data", "trainer.evaluate() with no eval_dataset anywhere",
+           lambda tmp: trainer(tmp).evaluate(), r"needs evaluation data", r"none was given",
+           r"pass eval_dataset=\.\.\. to DistillationTrainer or to evaluate\(\)")
+
+
 @case("soft (2-d) labels", "labels as (B, 5) probabilities", "correct",
       verify=lambda run, tmp: None if run.state.global_step == 2 else "did not train")
 def _soft_labels(tmp: Path) -> DistillationTrainer:
@@ -770,6 +781,17 @@ def _empty_split(tmp: Path) -> None:
 
 error_case("empty test split", "test-00000.parquet with 0 rows", _empty_split,
            r"Check the files/folders of", r"split\(s\) \['test'\] are empty", r"or remove them")
+def _split_class_orders(tmp: Path) -> Path:
+    for split, names in (("train", ["cat", "dog", "eel"]), ("test", ["dog", "cat", "eel"])):
+        Dataset.from_dict({"image": [_png((32, 32))] * 3, "label": [0, 1, 2]}, features=Features(
+            {"image": ImageFeature(), "label": ClassLabel(names=names)})).to_parquet(str(tmp / f"{split}-0.parquet"))
+    return tmp
+
+
+error_case("splits with the classes in another order", "test-0.parquet's ClassLabel names: dog, cat, eel "
+           "(train: cat, dog, eel)", lambda tmp: load_image_dataset(str(_split_class_orders(tmp))),
+           r"Expected the same ClassLabel names in every file", r"\(0, 'cat', 'dog'\), \(1, 'dog', 'cat'\)",
+           r"Re-export the splits with one ClassLabel")
 error_case("no image column", "columns 'picture', 'target'",
            lambda tmp: resolve_columns(Dataset.from_dict({"picture": [1], "target": [0]})),
            r"looked for \['image'", r"the dataset has \['picture', 'target'\]", r"--image_column=<column>")
@@ -992,6 +1014,15 @@ def _overwrite(tmp: Path) -> DistillationTrainer:
     return train(FIX.copy_of_run(tmp), save_strategy="steps", save_steps=1, overwrite_output_dir=True)
 
 
+def _output_dir_file(tmp: Path) -> None:
+    (tmp / "run").write_text("notes")
+    train(tmp / "run")
+
+
+error_case("output_dir is a file", "output_dir points to an existing file", _output_dir_file,
+           r"expected a folder \(or a path that does not exist yet\)", r"output_dir .*/run is a file",
+           r"Pass another output_dir, or move that file away",
+           intact=lambda tmp: None if (tmp / "run").read_text() == "notes" else "the file was overwritten")
 error_case("resume=True with no checkpoint", "resume_from_checkpoint=True in an empty output_dir",
            lambda tmp: train(tmp, resume_from_checkpoint=True),
            r"holds no intact checkpoint", r"found none", r"Start without resume_from_checkpoint")
@@ -1126,7 +1157,8 @@ def _broken_config(tmp: Path) -> None:
 
 
 error_case("config.json that is not JSON", "config.json = \"{'architecture': resnet10t\"", _broken_config,
-           r"config\.json is not valid JSON", r"JSONDecodeError", r"re-save or re-download them")
+           r"expected the config\.json that save_pretrained", r"config\.json is not valid JSON \(Expecting",
+           r"re-save or re-download them")
 
 
 @case("timm teacher saved as pytorch_model.bin (12.14)", "save_for_hf(safe_serialization=False), then load", "correct",
@@ -1258,6 +1290,11 @@ error_case("cifar.py --eval_split validation", "CIFAR has no validation split", 
 error_case("cifar.py --label_column fine_label on CIFAR-10", "--label_column fine_label",
            _cifar("--label_column", "fine_label"), r"its columns are \[",
            r"--label_column='fine_label' is not a column", r"its columns are")
+error_case("cifar.py on splits with the classes in another order", "--dataset <train: cat, dog, eel; test: dog, "
+           "cat, eel>", lambda tmp: __import__("cifar").main(["--dataset", str(_split_class_orders(tmp)), "--method",
+                                                              "ce", "--output_dir", str(tmp / "out")]),
+           r"Expected the same ClassLabel names in every file", r"name the classes of 'label' differently",
+           r"Re-export the splits with one ClassLabel")
 error_case("cifar.py --student resnet9000", "an architecture that does not exist", _cifar("--student", "resnet9000"),
            r"tried as a Hub id", r"Could not load the model 'resnet9000'", r"pass a local path")
 error_case("cifar.py --resume_from_checkpoint true, nothing to resume", "empty --output_dir",

@@ -69,7 +69,8 @@ def main() -> None:
         "# Cost of the teacher metrics at evaluation", "",
         f"Command: `python benchmarks/eval_teacher_cost.py {' '.join(sys.argv[1:])}`", "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s){', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}."
+        f"{torch.get_num_threads()} thread(s)"
+        f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}."
         f" ResNet56 teacher -> ResNet20 student, {cli.images} images of 32 px, batch 256; median of {cli.repeats}.",
         "", f"| eval_teacher_metrics | wall (s) | process CPU time (s) | vs off ({'wall' if clock == 0 else 'CPU'}) |",
         "|---|---|---|---|",

@@ -287,6 +287,16 @@ def _differences(saved: Any, current: Any, where: str = "") -> list[str]:
 
 
 # -- run lock -----------------------------------------------------------------------------------------------------
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """``output_dir`` must be a folder or not exist yet (the Trainer would fail on a file with a bare errno)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"output_dir {path} is a file: expected a folder (or a path that does not exist yet) for the checkpoints "
+            "and the model. Pass another output_dir, or move that file away."
+        )
+
+
 class RunLock:
     """An exclusive lock on ``output_dir`` for the lifetime of one training run (see the module docstring)."""
 
@@ -300,6 +310,7 @@ class RunLock:
         except ImportError:  # pragma: no cover - Windows
             logger.warning("No fcntl on this platform: concurrent runs in one output_dir are not detected.")
             return self
+        check_output_dir(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held open while the run lasts
         try:

@@ -299,7 +299,10 @@ class TimmAdapter(ModelAdapter):
     """timm classifiers: ``forward_features`` -> ``forward_head(pre_logits=True)`` with the head's dropout held
     off, then the dropout and ``get_classifier()``; distilled DeiTs (``head_dist``) give both token heads."""
 
-    library = "timm"
+    @property
+    def library(self) -> str:  # type: ignore[override]
+        """The library the saved folder is for: timm's format, or transformers' for a ``TimmWrapper``."""
+        return "timm" if self.owner is self.model else "transformers"
 
     def __init__(self, model: nn.Module, feature_module: str | None = None, owner: nn.Module | None = None) -> None:
         super().__init__(model, None)

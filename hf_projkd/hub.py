@@ -191,7 +191,7 @@ def usage_snippet(model_id: str | None, local_dir: str, adapter: ModelAdapter) -
     its local folder."""
     where = model_id or str(local_dir)
     note = "" if model_id else "  # the local folder; once pushed, its Hub id"
-    if adapter.library == "timm" and not hasattr(adapter.model, "timm_model"):
+    if adapter.library == "timm":
         source = f"hf-hub:{model_id}" if model_id else f"local-dir:{local_dir}"
         return (
             "import timm\n\n"

@@ -25,6 +25,7 @@ from . import hub
 from .checkpointing import (
     RunLock,
     check_fingerprint,
+    check_output_dir,
     latest_complete_checkpoint,
     mark_checkpoint_complete,
     resolve_resume_checkpoint,
@@ -147,6 +148,7 @@ class DistillationTrainer(Trainer):
         if args.compile_loss_terms:
             distillation_model.compile_loss_terms(args.torch_compile_backend, args.torch_compile_mode)
         kwargs.setdefault("compute_metrics", self.distillation_metrics)
+        check_output_dir(args.output_dir)
         super().__init__(model=distillation_model, args=args, **kwargs)
         self.add_callback(_DatasetEpoch(self))
         self.data_collator = CheckedCollator(self.data_collator)  # images of different sizes: named, with the fix
@@ -448,6 +450,9 @@ class DistillationTrainer(Trainer):
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
         """``Trainer.evaluate`` on the model every process holds (buffers synced from process 0 first)."""
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ValueError("evaluate() needs evaluation data, but none was given: pass eval_dataset=... to "
+                             "DistillationTrainer or to evaluate().")
         sync_buffers(self.model)
         self._eval_key = metric_key_prefix if eval_dataset is None or isinstance(eval_dataset, str) else (
             f"{metric_key_prefix}:{id(eval_dataset)}")

@@ -75,3 +75,24 @@ def test_unknown_fields_missing_and_broken_files_are_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # no --method flag for groups without a method field
         parse_recipe_args((DataArgs, DistillationArguments), [], {"output_dir": str(tmp_path)}, ["--method", "kd"])
     assert "unrecognized arguments: --method kd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "cifar", "train_teacher", "deit_tiny", "deit_small",
+                                    "imagenet_resnet18", "ablation"])
+def test_every_recipe_answers_help_with_its_fields(recipe, capsys):
+    import importlib
+
+    module = importlib.import_module(recipe)
+    with pytest.raises(SystemExit) as done:
+        if hasattr(module, "DEFAULTS") and recipe != "ablation":  # the ImageNet recipes: their config + DEFAULTS
+            import imagenet
+
+            config = "imagenet_resnet18.yaml" if recipe == "imagenet_resnet18" else "deit.yaml"
+            imagenet.parse(config, module.DEFAULTS, ["--help"])
+        else:
+            module.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--output_dir" in text or "--output_dir OUTPUT_DIR" in text
+    if recipe != "ablation":
+        assert "--learning_rate" in text and "--config CONFIG" in text

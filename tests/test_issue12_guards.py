@@ -8,6 +8,7 @@ when its guard is removed (tests/scripts/guard_mutations.py checks that). Tiny m
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -491,3 +492,132 @@ def test_1_the_imagenet_recipe_resumes_and_never_restarts_over_checkpoints(tmp_p
     steps = [e["step"] for e in trainer.state.log_history if "loss" in e]
     assert trainer.state.global_step == 3 and steps == [1, 2, 3]  # 1 and 2 from checkpoint-2, then 3
 
+
+
+# -- found by benchmarks/bad_inputs_probe.py ---------------------------------------------------------------------------
+def test_label_free_distillation_skips_the_teacher_check_instead_of_failing(tmp_path):
+    data = random_image_dataset(16).remove_columns("labels")
+    trainer = _trainer(tmp_path, dataset=data, ce_weight=0.0, teacher_check="warn")
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.teacher_check_result is None
+
+
+def test_a_teacher_nothing_uses_is_not_loaded(tmp_path):
+    args = make_args(tmp_path, logit_loss="none", feature_loss_weight=0.0, eval_teacher_metrics=False,
+                     teacher_model_name_or_path="nowhere/no-teacher")
+    assert DistillationTrainer(tiny_vit(), None, args).teacher is None
+    args.eval_teacher_metrics = True  # the teacher metrics would use it: loaded, and its failure is named
+    with pytest.raises(OSError, match="Could not load the model 'nowhere/no-teacher'"):
+        DistillationTrainer(tiny_vit(), None, args)
+
+
+def _png(size: int, truncate: bool = False) -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return {"bytes": data[:40] if truncate else data, "path": None}
+
+
+def test_an_undecodable_image_is_named_with_the_fix(tmp_path):
+    from hf_projkd.data import decode_image_dataset
+    from hf_projkd.data.imagenet import ImageNetDataArguments, load_imagenet
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a"])})
+    data = Dataset.from_dict({"image": [_png(32), _png(32, truncate=True)], "label": [0, 0]}, features=features)
+    with pytest.raises(ValueError, match=r"image at row 1 cannot be decoded .*expected an image PIL can read.*Remove"):
+        decode_image_dataset(data, "image", "label")
+    for split in ("train", "validation"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros((36, 36, 3), dtype=np.uint8)).save(tmp_path / split / "a" / "0.png")
+    (tmp_path / "train" / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    train = load_imagenet(ImageNetDataArguments(dataset_name=str(tmp_path), input_size=32)).train
+    with pytest.raises(ValueError, match=r"cannot be decoded .*1\.png"):
+        [train[i] for i in range(len(train))]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("interpolation", "cubic", r"--interpolation 'cubic' is not supported: expected one of \('bicubic'"),
+    ("remode", "zeros", r"--remode 'zeros' is not supported: expected one of \('pixel'"),
+    ("train_scale_min", 1.5, r"--train_scale_min must be in \(0, 1\].*got 1\.5"),
+    ("image_mean", [0.5, 0.5], r"--image_mean needs 3 values .*got \[0\.5, 0\.5\]"),
+    ("image_std", [0.2, 0.0, 0.2], r"--image_std needs 3 values \(one per RGB channel, each > 0\)"),
+])
+def test_imagenet_data_arguments_are_validated_before_any_data_is_read(field, value, message):
+    from hf_projkd.data.imagenet import ImageNetDataArguments
+
+    with pytest.raises(ValueError, match=message):
+        ImageNetDataArguments(**{field: value})
+
+
+def test_an_unknown_augmentation_policy_names_the_flag_and_the_valid_forms():
+    from hf_projkd.data.imagenet import ImageNetDataArguments, build_train_transform
+
+    with pytest.raises(ValueError, match=r"--auto_augment 'bogus' is not a timm .*'rand-m9-mstd0\.5-inc1'.*'none'"):
+        build_train_transform(ImageNetDataArguments(input_size=32, auto_augment="bogus"))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    notes = tmp_path / "run"
+    notes.write_text("notes")
+    with pytest.raises(NotADirectoryError, match=r"output_dir .*run is a file: expected a folder.*another output_dir"):
+        _trainer(notes)
+    assert notes.read_text() == "notes"
+
+
+def test_evaluate_without_evaluation_data_says_where_to_pass_it(tmp_path):
+    with pytest.raises(ValueError, match=r"evaluate\(\) needs evaluation data.*eval_dataset=\.\.\."):
+        _trainer(tmp_path).evaluate()
+
+
+def test_parquet_splits_that_name_the_classes_in_another_order_are_refused(tmp_path):
+    """datasets reads every split with the first file's ClassLabel names: the test split's labels would silently
+    mean other classes."""
+    from hf_projkd.data import load_image_dataset
+
+    for split, names in (("train", ["cat", "dog", "eel"]), ("test", ["dog", "cat", "eel"])):
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+        Dataset.from_dict({"image": [_png(8)] * 3, "label": [0, 1, 2]}, features=features).to_parquet(
+            str(tmp_path / f"{split}-0.parquet"))
+    with pytest.raises(ValueError, match=r"differently: .*\(0, 'cat', 'dog'\), \(1, 'dog', 'cat'\).*Re-export"):
+        load_image_dataset(str(tmp_path))
+    (tmp_path / "test-0.parquet").unlink()
+    Dataset.from_dict({"image": [_png(8)] * 3, "label": [0, 1, 2]}, features=Features(
+        {"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog", "eel"])})).to_parquet(
+        str(tmp_path / "test-0.parquet"))
+    assert load_image_dataset(str(tmp_path))["test"].features["label"].names == ["cat", "dog", "eel"]
+
+
+def test_a_config_json_that_is_not_json_is_named(tmp_path):
+    adapter_for(tiny_timm_resnet()).save(tmp_path)
+    (tmp_path / "config.json").write_text("{'architecture': resnet10t")
+    with pytest.raises(OSError, match=r"config\.json is not valid JSON .*expected the config\.json that save_pretrained"):
+        load_image_classifier(str(tmp_path))
+
+
+@pytest.mark.parametrize("values, fix", [
+    ({"temperature": 0.0}, "Set a positive value"),
+    ({"lr_decay_at": "late"}, r"e\.g\. 0\.5,0\.75"),
+    ({"mixup_prob": 1.5}, "Set a probability"),
+    ({"label_smoothing_factor": 1.0}, r"0\.1 is usual"),
+    ({"repeated_augmentation": 0}, "1 turns it off"),
+    ({"teacher_check_samples": 0}, "teacher_check='off'"),
+    ({"student_feature_dim": 0}, "leave it unset"),
+])
+def test_argument_errors_say_how_to_fix_them(tmp_path, values, fix):
+    from hf_projkd import DistillationArguments
+
+    with pytest.raises(ValueError, match=fix):
+        DistillationArguments(output_dir=str(tmp_path), **values)
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({"pixel_values": torch.randn(24, 32, 32), "labels": torch.zeros(8).long()}, r"torch\.stack \(not torch\.cat\)"),
+    ({"pixel_values": torch.randn(8, 3, 32, 32), "labels": [0] * 8}, r"return torch\.tensor\(labels\)"),
+    ({"pixel_values": torch.randn(8, 3, 32, 32), "labels": torch.zeros(8)}, r"labels\.long\(\)"),
+    ({"pixel_values": torch.randn(8, 3, 32, 32), "labels": torch.zeros(7).long()}, r"expected one label per image"),
+])
+def test_batch_errors_say_how_to_fix_them(batch, message):
+    from hf_projkd.validation import check_batch
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        check_batch(batch, 3, needs_labels=True)

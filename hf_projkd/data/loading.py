@@ -4,6 +4,7 @@ its splits, columns and labels."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset
 from PIL import Image as PILImage
 
@@ -51,6 +53,7 @@ def _load_splits(source: str, streaming: bool) -> DatasetDict | IterableDatasetD
         parquet = {split: sorted(str(p) for p in path.glob(f"**/{split}-*.parquet")) for split in SPLIT_NAMES}
         parquet = {split: files for split, files in parquet.items() if files}
         if parquet:
+            check_parquet_class_names([f for files in parquet.values() for f in files])
             return load_dataset("parquet", data_files=parquet, streaming=streaming)
         return load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
     try:
@@ -113,6 +116,35 @@ def open_image(item: Any, where: str) -> PILImage.Image:
 
 
 # -- data checks -------------------------------------------------------------------------------------------------
+def _parquet_class_names(path: str) -> dict[str, list[str]]:
+    """The ClassLabel names each column of a parquet file written by ``datasets`` records in its schema."""
+    metadata = pq.read_schema(path).metadata or {}
+    try:
+        features = json.loads(metadata.get(b"huggingface", b"{}")).get("info", {}).get("features", {})
+    except ValueError:
+        return {}
+    return {column: list(feature["names"]) for column, feature in features.items()
+            if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and "names" in feature}
+
+
+def check_parquet_class_names(files: list[str]) -> None:
+    """Every parquet file must name the classes of a label column alike: ``datasets`` reads all splits with the
+    FIRST file's names, so a split exported with another order would silently mean other classes."""
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for path in files:
+        for column, names in _parquet_class_names(path).items():
+            first, first_names = seen.setdefault(column, (path, names))
+            if names != first_names:
+                differ = [(i, a, b) for i, (a, b) in enumerate(zip(first_names, names, strict=False)) if a != b][:3]
+                raise ValueError(
+                    f"The parquet files name the classes of {column!r} differently: {first} has {len(first_names)} "
+                    f"classes, {path} {len(names)}; first differences (index, {Path(first).name}, {Path(path).name}):"
+                    f" {differ}. Expected the same ClassLabel names in every file, since every split is read with "
+                    "the first file's names. Re-export the splits with one ClassLabel (dataset.cast_column(column, "
+                    "ClassLabel(names=[...])) after remapping the labels), then retry."
+                )
+
+
 def check_splits_not_empty(dataset: DatasetDict, source: str = "the dataset") -> None:
     """Every split must hold examples: an empty one means a wrong path, split name or filter, not a tiny run."""
     if not dataset:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import queue
@@ -215,18 +216,120 @@ MUTATIONS = [
 ]
 
 
-def pytest_command(tests: tuple[str, ...] | list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *tests]
+#: Third-party modules the package and the tests import: a worker imports them once and forks each pytest run.
+PRELOAD = ("numpy", "torch", "torch.nn.functional", "safetensors.torch", "datasets", "accelerate", "accelerate.utils",
+           "timm", "timm.data", "transformers", "transformers.trainer", "transformers.trainer_utils",
+           "transformers.modeling_outputs", "transformers.models.vit.modeling_vit",
+           "transformers.models.deit.modeling_deit", "transformers.models.timm_wrapper.modeling_timm_wrapper",
+           "pytest")
+RUN_LIMIT_S = 600  # one mutation's tests; a run that hangs is stopped and reported
 
 
-def run(work: Path, command: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
-    """``command`` in the scratch copy ``work``, importing its package; no bytecode is written (a mutation and its
-    undo can share a size and an mtime second, and a stale .pyc would run the wrong code)."""
+def pytest_args(tests: tuple[str, ...] | list[str]) -> list[str]:
+    return ["-q", "-p", "no:cacheprovider", "-rfE", *tests]
+
+
+def environment(work: Path, threads: int | None) -> dict[str, str]:
+    """The scratch copy first on the path, offline, and no bytecode written (a mutation and its undo can share a
+    size and an mtime second, and a stale .pyc would run the wrong code)."""
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
+    return env
+
+
+class Runner:
+    """Runs pytest in one scratch copy. By default through a worker process that has imported torch, transformers,
+    timm, ... once and forks a child per run, which imports ``hf_projkd`` afresh from the copy as it is then: the
+    imports cost ~15 s of CPU per interpreter, more than most mutations' tests. ``fresh=True``: a new interpreter
+    per run (slower; the way to rule out the worker if a result looks odd)."""
+
+    def __init__(self, work: Path, threads: int, fresh: bool = False) -> None:
+        self.work, self.threads, self.worker = work, threads, None
+        if not fresh:
+            self.worker = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=work,
+                                           env=environment(work, threads), stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True)
+
+    def pytest(self, tests: tuple[str, ...] | list[str]) -> tuple[int, str]:
+        """(pytest's exit status, its output)."""
+        if self.worker is None:
+            result = subprocess.run([sys.executable, "-m", "pytest", *pytest_args(tests)], cwd=self.work,
+                                    env=environment(self.work, self.threads), capture_output=True, text=True)
+            return result.returncode, result.stdout + result.stderr
+        self.worker.stdin.write(json.dumps({"cwd": str(self.work), "args": pytest_args(tests)}) + "\n")
+        self.worker.stdin.flush()
+        line = self.worker.stdout.readline()
+        if not line:
+            raise SystemExit(f"The pytest worker of {self.work} died (exit {self.worker.wait()}).")
+        answer = json.loads(line)
+        return answer["rc"], answer["output"]
+
+    def python(self, code: str) -> str:
+        """``python -c code`` in a fresh interpreter of this copy: what a plain import there gives."""
+        result = subprocess.run([sys.executable, "-c", code], cwd=self.work, env=environment(self.work, self.threads),
+                                capture_output=True, text=True)
+        return result.stdout.strip() or result.stderr[-300:]
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stdin.close()
+            self.worker.wait()
+
+
+def serve() -> int:
+    """The worker: import the heavy third-party modules, then for each request line fork a child that runs pytest
+    in the scratch copy (the worker itself never imports hf_projkd, never starts threads, never runs torch ops)."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import pytest
+
+    loaded = [name for name in sys.modules if name.split(".")[0] in ("hf_projkd", "conftest")]
+    if loaded:
+        raise SystemExit(f"The worker imported {loaded}: the children would not import the mutated copy.")
+    for line in sys.stdin:
+        request = json.loads(line)
+        with tempfile.TemporaryFile() as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the child: output to the log, the scratch copy first on the path
+                code = 3
+                try:
+                    os.dup2(log.fileno(), 1)
+                    os.dup2(log.fileno(), 2)
+                    os.chdir(request["cwd"])
+                    sys.path.insert(0, request["cwd"])
+                    code = int(pytest.main(request["args"]))
+                except BaseException:  # noqa: BLE001 - reported through the log and the exit status
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            deadline = time.monotonic() + RUN_LIMIT_S
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    code = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    code = -9
+                    break
+                time.sleep(0.1)
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        if code == -9:
+            output += f"\n(stopped after {RUN_LIMIT_S} s)"
+        print(json.dumps({"rc": code, "output": output}), flush=True)
+    return 0
 
 
 def failing_tests(output: str) -> list[str]:
@@ -242,7 +345,7 @@ def failing_tests(output: str) -> list[str]:
 
 
 def summary(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
+    lines = [line for line in output.strip().splitlines() if line.strip() and not line.startswith("(stopped")]
     return lines[-1].strip("= ") if lines else ""
 
 
@@ -254,12 +357,16 @@ def apply(work: Path, edits: tuple[Edit, ...]) -> dict[Path, str]:
         originals.setdefault(path, path.read_text())
         text = path.read_text()
         if text.count(old) != 1:
-            for original_path, original in originals.items():
-                original_path.write_text(original)
+            restore(originals)
             raise SystemExit(f"{file}: the code to mutate occurs {text.count(old)} times, not once: {old!r}. "
                              "The package changed; update this script.")
         path.write_text(text.replace(old, new))
     return originals
+
+
+def restore(originals: dict[Path, str]) -> None:
+    for path, text in originals.items():
+        path.write_text(text)
 
 
 def machine() -> str:
@@ -277,23 +384,23 @@ def machine() -> str:
             f"{platform.python_version()}, torch {torch.__version__}")
 
 
-def check_scratch_is_imported(work: Path) -> str:
-    """The scratch copy must be what the tests import (PYTHONPATH before the editable install): an error planted
-    in its ``__init__`` has to reach pytest."""
-    probe = run(work, [sys.executable, "-c", "import hf_projkd; print(hf_projkd.__file__)"])
-    if not probe.stdout.strip().startswith(str(work)):
-        raise SystemExit(f"hf_projkd is imported from {probe.stdout.strip() or probe.stderr[-300:]}, not {work}.")
+def check_scratch_is_imported(runner: Runner) -> str:
+    """The scratch copy must be what the tests import (PYTHONPATH before the editable install, in a fresh
+    interpreter and in the worker's children): an error planted in its ``__init__`` has to reach pytest."""
+    work = runner.work
+    where = runner.python("import hf_projkd; print(hf_projkd.__file__)")
+    if not where.startswith(str(work)):
+        raise SystemExit(f"hf_projkd is imported from {where}, not from the scratch copy {work}.")
     init = (work / "hf_projkd/__init__.py").read_text()
     originals = apply(work, (("hf_projkd/__init__.py", init, init + f'\nraise RuntimeError("{SANITY_MESSAGE}")\n'),))
     try:
-        result = run(work, pytest_command([LOSSES]))
+        code, output = runner.pytest([LOSSES])
     finally:
-        for path, text in originals.items():
-            path.write_text(text)
-    if result.returncode == 0 or SANITY_MESSAGE not in result.stdout + result.stderr:
+        restore(originals)
+    if code == 0 or SANITY_MESSAGE not in output:
         raise SystemExit("Sanity mutation not seen by pytest: the tests do not import the scratch copy.\n"
-                         + result.stdout[-2000:])
-    return f"an error planted in the scratch copy's hf_projkd/__init__.py made pytest fail ({summary(result.stdout)})"
+                         + output[-2000:])
+    return f"an error planted in the scratch copy's hf_projkd/__init__.py made pytest fail ({summary(output)})"
 
 
 def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: str, seconds: float,
@@ -303,15 +410,15 @@ def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: 
         "# Core mutation check (issue 13)",
         "",
         "Each row is one realistic bug planted in a scratch copy of `hf_projkd` (the tests import it through "
-        "`PYTHONPATH`), followed by a focused run of single-process tests; CAUGHT means at least one of them failed. "
-        "Generated by `tests/scripts/core_mutations.py`.",
+        "`PYTHONPATH`), followed by a focused run of single-process tests; CAUGHT means at least one of them failed "
+        "(all the selected tests that failed are listed). Generated by `tests/scripts/core_mutations.py`.",
         "",
         f"- Command: `python tests/scripts/core_mutations.py` (from the repository root), "
         f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- Machine: {machine()}",
         f"- Sanity: {sanity}; unmutated baseline of every selected test: {baseline}",
         f"- Result: **{caught} of {len(rows)} mutations caught, {len(rows) - caught} survived**; "
-        f"whole run {seconds / 60:.1f} min (mutations {parallel}, each in its own scratch copy)",
+        f"whole run {seconds / 60:.1f} min ({parallel})",
         "",
         "| # | mutation | file | what it breaks | result | failing tests | s |",
         "|---|---|---|---|---|---|---|",
@@ -330,23 +437,22 @@ def scratch_copy(folder: Path) -> Path:
     return folder
 
 
-def run_mutation(work: Path, mutation: Mutation, threads: int) -> dict[str, str]:
+def run_mutation(runner: Runner, mutation: Mutation) -> dict[str, str]:
     began = time.perf_counter()
-    originals = apply(work, mutation.edits)
+    originals = apply(runner.work, mutation.edits)
     try:
-        result = run(work, pytest_command(mutation.tests), threads)
+        code, output = runner.pytest(mutation.tests)
     finally:
-        for path, text in originals.items():
-            path.write_text(text)
-    failed = failing_tests(result.stdout + result.stderr)
-    if result.returncode == 1 and failed:
+        restore(originals)
+    failed = failing_tests(output)
+    if code == 1 and failed:
         verdict = "CAUGHT"
-    elif result.returncode == 0:
+    elif code == 0:
         verdict = "SURVIVED"
     else:
-        verdict = f"ERROR (pytest exit {result.returncode})"
+        verdict = f"ERROR (pytest exit {code})"
     files = ", ".join(dict.fromkeys(Path(file).name for file, _, _ in mutation.edits))
-    by = "<br>".join(failed) if failed else f"none ({summary(result.stdout) or result.stderr[-200:]})"
+    by = "<br>".join(failed) if failed else f"none ({summary(output)})"
     return dict(name=mutation.name, file=files, breaks=mutation.breaks, result=verdict, by=by,
                 seconds=f"{time.perf_counter() - began:.0f}")
 
@@ -356,57 +462,65 @@ def main() -> int:
     parser.add_argument("--only", help="run only the mutations whose name contains this (no report written)")
     parser.add_argument("--jobs", type=int, default=2, help="mutations run at once, each in its own scratch copy "
                         "with cpu_count / jobs threads (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="a new interpreter per pytest run (no fork worker)")
     parser.add_argument("--output", type=Path, default=OUTPUT, help="the markdown report (default: %(default)s)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.worker:
+        return serve()
     mutations = [m for m in MUTATIONS if options.only is None or options.only in m.name]
-    jobs = max(1, min(options.jobs, len(mutations)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     stale = [f"{mutation.name} ({file}: {old.strip()!r})" for mutation in mutations for file, old, _ in mutation.edits
              if (ROOT / file).read_text().count(old) != 1]
     if stale:  # every code to mutate must be there, once, before anything runs
         raise SystemExit("The code to mutate is not found exactly once (the package changed; update this script):\n  "
                          + "\n  ".join(stale))
+    jobs = max(1, min(options.jobs, len(mutations)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        works = [scratch_copy(Path(scratch) / f"copy{i}") for i in range(jobs)]
-        sanity = [check_scratch_is_imported(work) for work in works][0] + f" (checked in each of the {jobs} copies)"
-        print(f"sanity: {sanity}", flush=True)
-        selected = list(dict.fromkeys(test for m in mutations for test in m.tests))
-        with ThreadPoolExecutor(jobs) as pool:
-            halves = [selected[i::jobs] for i in range(jobs)]
-            baseline_runs = list(pool.map(lambda i: run(works[i], pytest_command(halves[i]), threads), range(jobs)))
-        baseline = " + ".join(summary(r.stdout) for r in baseline_runs)
-        if any(r.returncode != 0 for r in baseline_runs):
-            print("\n".join(r.stdout[-3000:] for r in baseline_runs))
-            raise SystemExit(f"The selected tests fail WITHOUT a mutation ({baseline}): fix them first.")
-        print(f"baseline: {baseline}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(jobs) as pool:
+        runners = [Runner(scratch_copy(Path(scratch) / f"copy{i}"), threads, options.fresh) for i in range(jobs)]
+        try:
+            sanity = list(pool.map(check_scratch_is_imported, runners))[0]
+            sanity += f" (checked in each of the {jobs} copies)"
+            print(f"sanity: {sanity}", flush=True)
+            selected = list(dict.fromkeys(test for m in mutations for test in m.tests))
+            baseline_runs = list(pool.map(lambda i: runners[i].pytest(selected[i::jobs]), range(jobs)))
+            baseline = " + ".join(summary(output) for _, output in baseline_runs)
+            if any(code != 0 for code, _ in baseline_runs):
+                print("\n".join(output[-3000:] for _, output in baseline_runs))
+                raise SystemExit(f"The selected tests fail WITHOUT a mutation ({baseline}): fix them first.")
+            print(f"baseline: {baseline}", flush=True)
 
-        pending: queue.Queue[int] = queue.Queue()
-        for index in range(len(mutations)):
-            pending.put(index)
-        rows: list[dict[str, str] | None] = [None] * len(mutations)
-        printing = threading.Lock()
+            pending: queue.Queue[int] = queue.Queue()
+            for index in range(len(mutations)):
+                pending.put(index)
+            rows: list[dict[str, str] | None] = [None] * len(mutations)
+            printing = threading.Lock()
 
-        def worker(work: Path) -> None:
-            while True:
-                try:
-                    index = pending.get_nowait()
-                except queue.Empty:
-                    return
-                row = rows[index] = run_mutation(work, mutations[index], threads)
-                with printing:
-                    by = row["by"].replace("<br>", ", ")
-                    print(f"{row['result']:8s} {row['name']:45s} {row['seconds']:>4s}s  {by}", flush=True)
+            def work_through(runner: Runner) -> None:
+                while True:
+                    try:
+                        index = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    row = rows[index] = run_mutation(runner, mutations[index])
+                    with printing:
+                        by = row["by"].replace("<br>", ", ")
+                        print(f"{row['result']:8s} {row['name']:45s} {row['seconds']:>4s}s  {by}", flush=True)
 
-        with ThreadPoolExecutor(jobs) as pool:
-            for future in [pool.submit(worker, work) for work in works]:
-                future.result()
+            list(pool.map(work_through, runners))
+        finally:
+            for runner in runners:
+                runner.close()
     seconds = time.perf_counter() - start
     done = [row for row in rows if row is not None]
     survived = [row for row in done if row["result"] != "CAUGHT"]
     print(f"{len(done) - len(survived)} of {len(done)} caught in {seconds / 60:.1f} min", flush=True)
     if options.only is None:
-        write_report(options.output, done, sanity, baseline, seconds, f"{jobs} at once, {threads} threads each")
+        how = (f"{jobs} mutations at once, each in its own scratch copy, {threads} thread(s) each, "
+               + ("a new interpreter per run" if options.fresh else "pytest forked from a worker that pre-imports "
+                  "torch/transformers/timm"))
+        write_report(options.output, done, sanity, baseline, seconds, how)
         print(f"wrote {options.output}")
     return 1 if survived else 0
 
