@@ -417,8 +417,9 @@ def report(results: dict, settings: Settings, argv: list[str], torchdistill_vers
         f"# Training throughput ({settings.device.upper()})",
         "",
         f"Command: `python benchmarks/throughput.py {' '.join(argv)}`"
-        + (" (python: a venv made with `python -m venv --system-site-packages`, plus `pip install --no-deps "
-           "torchdistill`, so that torchdistill never enters hf_projkd's environment)" if torchdistill_version else ""),
+        + (f" (torchdistill {torchdistill_version} importable, installed without its dependencies: "
+           f"`pip install --no-deps torchdistill=={torchdistill_version}`, as .ci/run does; it is not a dependency of "
+           "hf_projkd)" if torchdistill_version else ""),
         "",
         f"Machine: {machine_description(settings.device)}. Versions: torch {torch.__version__}, transformers "
         f"{transformers.__version__}, timm {timm.__version__}, hf_projkd {hf_projkd.__version__}, torchdistill "

@@ -9,6 +9,7 @@ with the usage, and an unknown field in a file is an error that names it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -26,13 +27,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Field values from a ``.yaml``/``.yml`` or ``.json`` file (a flat mapping of field name -> value)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file.")
+        raise FileNotFoundError(f"--config {path}: no such file (relative to {Path.cwd()}). Pass the path of a YAML "
+                                "or JSON file of field values.")
     text = path.read_text()
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise ValueError(f"--config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") \
-            from error
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ValueError(f"--config {path} is not valid {kind}: {error}\nExpected a mapping of field names to values; "
+                         "fix the line the parser names.") from error
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -83,13 +86,24 @@ def parse_recipe_args(
     parser = HfArgumentParser(dataclass_types)
     parser.add_argument("--config", default=None, help="YAML or JSON file with field values (command-line flags win).")
     parser.set_defaults(**values)
-    namespace = parser.parse_args(rest)
+    namespace, unknown_flags = parser.parse_known_args(rest)
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}{_suggestion(parser, unknown_flags)}")
     explicit = set(user) | _flags_given(parser, rest)
     if has_method and getattr(given, "method", None):
         explicit.add("method")
     groups = tuple(t(**{k: v for k, v in vars(namespace).items() if k in n}) for t, n in zip(dataclass_types, names,
                                                                                                strict=True))
     return groups, explicit
+
+
+def _suggestion(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
+    """' (did you mean --x?)' for a misspelt flag, so that a typo is not only a usage dump."""
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    close = {token.split("=", 1)[0]: difflib.get_close_matches(token.split("=", 1)[0], flags, n=1, cutoff=0.75)
+             for token in tokens if token.startswith("--")}
+    hints = [f"{match[0]} for {token}" for token, match in close.items() if match]
+    return f" (did you mean {', '.join(hints)}? --help lists the flags)" if hints else " (--help lists the flags)"
 
 
 def _flags_given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

@@ -6,7 +6,7 @@ sides, LogSum loss with exponent 4 and weight 2, KL with T = 1 and weight 1, cro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
@@ -310,8 +310,3 @@ def _same(a: Any, b: Any) -> bool:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported: expected one of {choices}.")
-
-
-def argument_names() -> set[str]:
-    """Every field name of ``DistillationArguments`` (for config-file checks)."""
-    return {f.name for f in fields(DistillationArguments)}

@@ -84,14 +84,18 @@ def load_image_classifier(name_or_path: str | os.PathLike, num_labels: int | Non
 
 
 def _load_failure(name: str, path: Path, error: Exception) -> str:
-    what = f"Could not load the model {name!r}: {type(error).__name__}: {error}\n"
+    cause = f"{type(error).__name__}: {error}"
     if path.exists():
-        return what + "The local files are damaged or not a classifier: re-save or re-download them."
-    local = f"There is no local folder {name!r} (relative to {os.getcwd()}), so it was tried as a Hub id. "
+        return (f"Could not load the model {name!r}: {cause}\nThe local files are damaged or not a classifier: "
+                "re-save or re-download them.")
+    # what was tried first: the library's own words ("couldn't connect to huggingface.co") would mislead about a
+    # local folder that is simply not there
+    local = (f"Could not load the model {name!r}. There is no local folder {name!r} (relative to {os.getcwd()}), "
+             "so it was tried as a Hub id. ")
     hub = ("HF_HUB_OFFLINE is set, so Hub ids only load from the local cache: download the model once with network "
            "access, or pass a local path." if _offline() else
            "Check the spelling, your network access to the Hub, and your token for private models.")
-    return what + local + hub
+    return f"{local}{hub}\nAs a Hub id it failed with {cause}"
 
 
 def _check_folder(folder: Path) -> None:

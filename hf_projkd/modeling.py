@@ -17,8 +17,6 @@ from .families import ModelAdapter, adapter_for
 from .losses import FEATURE_LOSSES, classification_loss, dkd_loss, hard_labels, kd_loss
 from .projector import build_feature_norm, build_projector
 
-DISTILLATION_STATE_PREFIXES = ("projector.", "student_norm.", "teacher_norm.")
-
 
 @dataclass(frozen=True)
 class LossSettings:
@@ -178,20 +176,6 @@ class DistillationModel(nn.Module):
                 "key from your collator / transform, or set ce_weight=0 and logit_loss='kl'."
             )
         return labels
-
-    def distillation_state_dict(self) -> dict[str, torch.Tensor]:
-        """Projector and normaliser state (everything but the student), saved beside student checkpoints."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(DISTILLATION_STATE_PREFIXES)}
-
-    def load_distillation_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.distillation_state_dict())
-        if set(state) != expected:
-            raise ValueError(
-                "The projector/normaliser state does not fit this run: missing "
-                f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}. Resume with the "
-                "same projector, feature_norm and feature_loss_weight (>0 or 0) as the run that wrote it."
-            )
-        self.load_state_dict(state, strict=False)
 
 
 def _contiguous_state(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:

@@ -92,7 +92,9 @@ class CifarRecipeArguments:
 def _floats(text: str, name: str) -> tuple[float, ...]:
     values = tuple(float(v) for v in str(text).split(",") if v.strip())
     if len(values) != 3:
-        raise ValueError(f"--{name} needs 3 comma-separated values (one per RGB channel), got {text!r}.")
+        example = ",".join(str(v) for v in (CIFAR100_MEAN if name == "image_mean" else CIFAR100_STD))
+        raise ValueError(f"--{name} needs 3 comma-separated values (one per RGB channel), got {text!r}: e.g. "
+                         f"--{name} {example} (CIFAR-100's).")
     return values
 
 

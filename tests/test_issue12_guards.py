@@ -2,8 +2,9 @@
 
 Already covered elsewhere: 1, 2 and 16 for CIFAR (test_cifar_recipes.py, test_cifar_data.py), 10 (test_families.py),
 15 (test_distributed.py), the Pillow 13 posterize of 11 (test_imagenet_recipes.py), the card's schedule and usage
-snippet of 14 (test_hub.py) and the missing local teacher folder of 12 (test_reliability.py). Each test here fails
-when its guard is removed (tests/scripts/guard_mutations.py checks that). Tiny models, generated data, no network.
+snippet of 14 (test_hub.py). Each test here fails when its guard is removed (tests/scripts/guard_mutations.py
+checks that). The last section holds the tests of what benchmarks/bad_inputs_probe.py found. Tiny models, generated
+data, no network.
 """
 
 from __future__ import annotations
@@ -399,8 +400,8 @@ def test_12_a_nan_image_makes_eval_loss_nan_and_is_counted_not_dropped(tmp_path,
     pixels = np.asarray(data["pixel_values"], dtype=np.float32)
     pixels[5] = np.nan
     evaluation = Dataset.from_dict({"pixel_values": pixels, "labels": data["labels"]}).with_format("torch")
-    trainer = DistillationTrainer(tiny_vit(), tiny_timm_vit(), make_args(tmp_path, eval_teacher_metrics=False),
-                                  eval_dataset=evaluation)
+    args = make_args(tmp_path, eval_teacher_metrics=False, per_device_eval_batch_size=8)  # a NaN and a clean batch
+    trainer = DistillationTrainer(tiny_vit(), tiny_timm_vit(), args, eval_dataset=evaluation)
     with caplog.at_level(logging.WARNING):
         metrics = trainer.evaluate()
     assert np.isnan(metrics["eval_loss"]) and metrics["eval_nonfinite_logits"] == 1
@@ -414,6 +415,14 @@ def test_12_fp16_on_a_cpu_and_zero_epochs_are_errors(tmp_path):
     with pytest.raises(ValueError, match=r"num_train_epochs=0 and no max_steps: nothing would be trained"):
         trainer.train()
     assert not list(tmp_path.iterdir())
+
+
+def test_12_a_missing_local_teacher_folder_is_reported_before_the_hub_s_words(tmp_path):
+    with pytest.raises(OSError) as raised:
+        load_image_classifier("teachers/resnet32x4")
+    message = str(raised.value)
+    assert message.startswith("Could not load the model 'teachers/resnet32x4'. There is no local folder")
+    assert message.index("HF_HUB_OFFLINE is set") < message.index("As a Hub id it failed with")
 
 
 # -- 13: no persistent workers without workers -----------------------------------------------------------------------
@@ -527,8 +536,9 @@ def test_an_undecodable_image_is_named_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"image at row 1 cannot be decoded .*expected an image PIL can read.*Remove"):
         decode_image_dataset(data, "image", "label")
     for split in ("train", "validation"):
-        (tmp_path / split / "a").mkdir(parents=True)
-        Image.fromarray(np.zeros((36, 36, 3), dtype=np.uint8)).save(tmp_path / split / "a" / "0.png")
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((36, 36, 3), dtype=np.uint8)).save(tmp_path / split / name / "0.png")
     (tmp_path / "train" / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     train = load_imagenet(ImageNetDataArguments(dataset_name=str(tmp_path), input_size=32)).train
     with pytest.raises(ValueError, match=r"cannot be decoded .*1\.png"):
@@ -590,7 +600,7 @@ def test_parquet_splits_that_name_the_classes_in_another_order_are_refused(tmp_p
 def test_a_config_json_that_is_not_json_is_named(tmp_path):
     adapter_for(tiny_timm_resnet()).save(tmp_path)
     (tmp_path / "config.json").write_text("{'architecture': resnet10t")
-    with pytest.raises(OSError, match=r"config\.json is not valid JSON .*expected the config\.json that save_pretrained"):
+    with pytest.raises(OSError, match=r"config\.json is not valid JSON .*expected the config\.json that save_pre"):
         load_image_classifier(str(tmp_path))
 
 
@@ -621,3 +631,15 @@ def test_batch_errors_say_how_to_fix_them(batch, message):
 
     with pytest.raises((TypeError, ValueError), match=message):
         check_batch(batch, 3, needs_labels=True)
+
+
+def test_a_misspelt_flag_gets_a_suggestion_and_a_broken_config_the_fix(tmp_path, capsys):
+    import cifar
+
+    with pytest.raises(SystemExit):
+        cifar.parse(["--lerning_rate", "0.1", "--output_dir", str(tmp_path)])
+    assert "unrecognized arguments: --lerning_rate 0.1 (did you mean --learning_rate" in capsys.readouterr().err
+    broken = tmp_path / "run.yaml"
+    broken.write_text("method: [kd\n")
+    with pytest.raises(ValueError, match=r"(?s)run\.yaml is not valid YAML: .*fix the line the parser names"):
+        cifar.parse(["--config", str(broken), "--output_dir", str(tmp_path)])

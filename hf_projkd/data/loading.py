@@ -80,7 +80,8 @@ def resolve_columns(
 def _pick(columns: list[str], given: str | None, usual: tuple[str, ...], what: str, flag: str) -> str:
     if given is not None:
         if given not in columns:
-            raise ValueError(f"{flag}={given!r} is not a column of the dataset; its columns are {columns}.")
+            raise ValueError(f"{flag}={given!r} is not a column of the dataset; its columns are {columns}. Pass one "
+                             f"of them with {flag}=<column>.")
         return given
     for name in usual:
         if name in columns:

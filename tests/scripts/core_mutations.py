@@ -56,6 +56,8 @@ DKD_SOFT = GF + "dkd_takes_the_target_class_of_soft_labels"
 LOGGED = GF + "logged_components_are_means_over_the_logging_window_and_accumulation"
 DEIT = GF + "deit_ce_reaches_the_class_head_and_distillation_the_distillation_head"
 TEACHER = GF + "teacher_gets_no_gradient_and_its_outputs_do_not_depend_on_the_student"
+INPLACE_DROPOUT = GF + "transformers_features_are_read_before_an_inplace_head_dropout"
+MIXED_TEACHER = GF + "under_mixup_the_teacher_sees_the_mixed_teacher_pixel_values"
 LOSSES = "tests/test_losses.py"
 PROJECTOR = "tests/test_projector.py"
 TR = "tests/test_trainer.py::test_"
@@ -177,7 +179,7 @@ MUTATIONS = [
     Mutation("teacher sees unmixed images", "under mixup/CutMix the teacher's targets are for other images",
              ((T, 'batch = {**inputs, "pixel_values": pixel_values, "teacher_pixel_values": teacher_pixels}\n',
                "batch = dict(inputs)\n"),),
-             ("tests/test_mixup.py::test_mixup_acts_on_training_batches_only_and_needs_an_even_batch",)),
+             ("tests/test_mixup.py::test_mixup_acts_on_training_batches_only_and_needs_an_even_batch", MIXED_TEACHER)),
     Mutation("loss_is_scaled_for_ga = True", "gradient accumulation: the gradient is GA times too large",
              ((T, "    loss_is_scaled_for_ga = False\n", "    loss_is_scaled_for_ga = True\n"),),
              (TR + "gradient_accumulation_gives_the_full_batch_ce_and_kd_gradients", LOGGED)),
@@ -201,7 +203,7 @@ MUTATIONS = [
              (FAMILIES + "features_are_read_before_the_head_dropout_and_the_logits_after_it",)),
     Mutation("transformers: features after the head dropout", "MobileNetV2's 0.8 dropout zeroes most features",
              ((F, "if dropped is not None and dropped[0] is self._captured:\n", "if False:\n"),),
-             (FAMILIES + "features_are_read_before_the_head_dropout_and_the_logits_after_it",)),
+             (FAMILIES + "features_are_read_before_the_head_dropout_and_the_logits_after_it", INPLACE_DROPOUT)),
     Mutation("deit: features from the class token", "the projector reads the class token, not the distillation "
              "token", ((F, "        self.head = model.distillation_classifier\n",
                         "        self.head = model.cls_classifier\n"),),
@@ -226,7 +228,7 @@ RUN_LIMIT_S = 600  # one mutation's tests; a run that hangs is stopped and repor
 
 
 def pytest_args(tests: tuple[str, ...] | list[str]) -> list[str]:
-    return ["-q", "-p", "no:cacheprovider", "-rfE", *tests]
+    return ["-q", "-p", "no:cacheprovider", "-p", "no:anyio", "-rfE", *tests]
 
 
 def environment(work: Path, threads: int | None) -> dict[str, str]:
@@ -415,7 +417,8 @@ def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: 
         "",
         f"- Command: `python tests/scripts/core_mutations.py` (from the repository root), "
         f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; load average at the end {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
+        "(other work on the machine slows the run)",
         f"- Sanity: {sanity}; unmutated baseline of every selected test: {baseline}",
         f"- Result: **{caught} of {len(rows)} mutations caught, {len(rows) - caught} survived**; "
         f"whole run {seconds / 60:.1f} min ({parallel})",
@@ -424,8 +427,9 @@ def write_report(path: Path, rows: list[dict[str, str]], sanity: str, baseline: 
         "|---|---|---|---|---|---|---|",
     ]
     for i, row in enumerate(rows, 1):
-        lines.append(f"| {i} | {row['name']} | {row['file']} | {row['breaks']} | {row['result']} | {row['by']} | "
-                     f"{row['seconds']} |")
+        cells = [str(i), *(row[key].replace("|", "\\|") for key in ("name", "file", "breaks", "result", "by")),
+                 row["seconds"]]
+        lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
