@@ -74,8 +74,8 @@ def parse(config: str, defaults: dict[str, Any], argv: list[str] | None = None):
         {**defaults, **machine_defaults()}, argv,
     )
     recipe, data_args, args = groups
-    if "bf16" not in explicit and not args.bf16 and args.teacher_dtype == "bfloat16":
-        args.teacher_dtype = "auto"  # no bf16 here: keep the teacher in its own precision
+    if "teacher_dtype" not in explicit and not args.bf16 and args.teacher_dtype == "bfloat16":
+        args.teacher_dtype = "auto"  # training without bf16: the config's bf16 teacher would run (slowly) in bf16
     if not args.dataloader_num_workers and "dataloader_persistent_workers" not in explicit:
         args.dataloader_persistent_workers = False
     if "learning_rate" in explicit:

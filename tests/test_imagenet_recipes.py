@@ -364,3 +364,22 @@ def test_step_schedule_and_student_builder():
     assert type(create_student("resnet50", CLASSES, 32, cifar_first=True)).__name__ == "CifarNetForImageClassification"
     with pytest.raises(OSError, match="Could not load the model 'not-a-model'"):
         create_student("not-a-model", CLASSES, 224)
+
+
+def test_recipe_defaults_follow_the_machine_and_what_the_user_asked_for(tmp_path):
+    """Issue 12.11/13: bf16, the bf16 teacher and persistent workers are the config's defaults only where they work;
+    --learning_rate given turns the base-lr rule off; both given is refused."""
+    argv = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    recipe, _, args = imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--bf16", "false"])
+    assert args.teacher_dtype == "auto"  # the config's bf16 teacher without bf16 training would run in slow bf16
+    _, _, asked = imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--bf16", "false", "--teacher_dtype",
+                                                                   "bfloat16"])
+    assert asked.teacher_dtype == "bfloat16"
+    _, _, none = imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--dataloader_num_workers", "0"])
+    assert none.dataloader_persistent_workers is False
+    lr_recipe, _, lr_args = imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--learning_rate", "0.01"])
+    assert lr_recipe.base_learning_rate is None and lr_args.learning_rate == 0.01
+    assert recipe.base_learning_rate == 5e-4
+    with pytest.raises(ValueError, match="either --learning_rate"):
+        imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--learning_rate", "0.01", "--base_learning_rate",
+                                                         "0.001"])

@@ -228,7 +228,8 @@ RUN_LIMIT_S = 600  # one mutation's tests; a run that hangs is stopped and repor
 
 
 def pytest_args(tests: tuple[str, ...] | list[str]) -> list[str]:
-    return ["-q", "-p", "no:cacheprovider", "-p", "no:anyio", "-rfE", *tests]
+    # the worker has imported anyio (through transformers), whose pytest plugin then cannot be assert-rewritten
+    return ["-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning", "-rfE", *tests]
 
 
 def environment(work: Path, threads: int | None) -> dict[str, str]:
