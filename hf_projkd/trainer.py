@@ -295,7 +295,8 @@ class DistillationTrainer(Trainer):
         outputs = model(
             pixel_values=pixel_values,
             labels=labels,
-            teacher_logits=teacher.distillation_logits if teacher is not None and args.uses_teacher_logits else None,
+            # the teacher's inference logits (for a teacher with a distillation token, the average of its heads)
+            teacher_logits=teacher.logits if teacher is not None and args.uses_teacher_logits else None,
             teacher_features=teacher.features if teacher is not None and args.uses_features else None,
         )
         self._accumulate_components(outputs)

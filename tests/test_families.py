@@ -76,6 +76,9 @@ def test_deit_with_teacher_gives_both_heads_and_the_distillation_token():
         DeiTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                    intermediate_size=32, num_labels=C)
     ).eval()
+    embeddings = model.deit.embeddings  # transformers zero-initialises both tokens: make them tell apart
+    for parameter in (embeddings.cls_token, embeddings.distillation_token, embeddings.position_embeddings):
+        torch.nn.init.normal_(parameter, std=0.5)
     out = adapter_for(model)(X)
     reference = model(X)
     torch.testing.assert_close(out.class_logits, reference.cls_logits)
@@ -84,6 +87,7 @@ def test_deit_with_teacher_gives_both_heads_and_the_distillation_token():
     torch.testing.assert_close(model.distillation_classifier(out.features), reference.distillation_logits)
     hidden = model.deit(X).last_hidden_state
     torch.testing.assert_close(out.features, hidden[:, 1])  # token 1 is the distillation token
+    assert not torch.allclose(hidden[:, 0], hidden[:, 1])
 
 
 TIMM_MODELS = {
@@ -156,8 +160,9 @@ def test_errors_name_the_model_and_the_fix():
 
 # -- features before the head's dropout (the paper's pooled pre-logit features) -------------------------------
 DROPOUT_MODELS = {
-    "transformers mobilenet_v2 (dropout 0.8)": lambda: MobileNetV2ForImageClassification(
-        MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=C, classifier_dropout_prob=0.8)
+    "transformers mobilenet_v2 (dropout 0.8)": lambda: MobileNetV2ForImageClassification(  # features ~1, not 1e-27
+        MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=C, classifier_dropout_prob=0.8,
+                          initializer_range=0.3)
     ),
     "timm resnet (functional drop_rate)": lambda: timm.create_model("resnet10t", num_classes=C, drop_rate=0.5),
     "timm vit (head_drop module)": lambda: timm.create_model(
