@@ -39,6 +39,8 @@ run 110 recipe_cifar_graphs python benchmarks/recipe_speed.py --recipe cifar --d
 step=$(python -c "import json; print(json.load(open('$out/recipe_speed_deit_tiny.json'))['images_per_second'])" 2>/dev/null || echo 2600)
 run 90 imagenet_loader python benchmarks/imagenet_loader_speed.py --images 1536 --workers $(( $(nproc) - 1 )) \
     --batch 128 --passes 2 --step_images_per_second "$step" --out "$out/imagenet_loader_speed.json"
+run 60 imagenet_loader_on_device python benchmarks/imagenet_loader_speed.py --images 1536 --batch 256 --passes 2 \
+    --decode_on_device --device cuda --step_images_per_second "$step" --out "$out/imagenet_loader_speed_on_device.json"
 # 5. if time remains: full CIFAR-10, the four methods, on the fast path
 if [ -n "${DATA:-}" ] && [ -d "$DATA/cifar10-jpeg" ]; then
   run "$(( $(left) - 10 ))" cifar10_full python benchmarks/cifar10_mini.py --data "$DATA/cifar10-jpeg" \

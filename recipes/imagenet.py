@@ -23,6 +23,7 @@ from transformers import DeiTImageProcessor, set_seed
 
 from hf_projkd import METHODS, DistillationArguments, DistillationTrainer, create_student, load_image_classifier
 from hf_projkd.cli import parse_recipe_args
+from hf_projkd.data.device_images import DeviceImageCollator
 from hf_projkd.data.imagenet import ImageNetDataArguments, collate_images, load_imagenet
 from hf_projkd.families import adapter_for
 from hf_projkd.hub import MeasuredResult
@@ -76,6 +77,12 @@ def parse(config: str, defaults: dict[str, Any], argv: list[str] | None = None):
     recipe, data_args, args = groups
     if "teacher_dtype" not in explicit and not args.bf16 and args.teacher_dtype == "bfloat16":
         args.teacher_dtype = "auto"  # training without bf16: the config's bf16 teacher would run (slowly) in bf16
+    if data_args.decode_on_device:  # the collator decodes on the device, in the main process
+        if args.dataloader_num_workers and "dataloader_num_workers" in explicit:
+            raise ValueError(f"--decode_on_device true decodes and augments in the main process on the device, so "
+                             f"it needs --dataloader_num_workers 0, got {args.dataloader_num_workers}. Drop one of "
+                             "the two flags.")
+        args.dataloader_num_workers, args.dataloader_pin_memory = 0, False
     if not args.dataloader_num_workers and "dataloader_persistent_workers" not in explicit:
         args.dataloader_persistent_workers = False
     if "learning_rate" in explicit:
@@ -167,9 +174,10 @@ def run(config: str, defaults: dict[str, Any], argv: list[str] | None = None
         align_imagenet_teacher_labels(teacher, data.class_names)
     if data_args.streaming:
         args.repeated_augmentation = 1
+    collator = DeviceImageCollator(data_args, args.device) if data_args.decode_on_device else collate_images
     trainer = DistillationTrainer(
         student, teacher, args, input_size=(3, data_args.input_size, data_args.input_size),
-        train_dataset=data.train, eval_dataset=data.eval, data_collator=collate_images, processing_class=processor,
+        train_dataset=data.train, eval_dataset=data.eval, data_collator=collator, processing_class=processor,
     )
     train_result = trainer.train()
     trainer.save_metrics("train", train_result.metrics)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from hf_projkd import adapter_for, create_student
 from hf_projkd.cli import read_config_file
+from hf_projkd.data.device_images import DeviceImageCollator, read_encoded
 from hf_projkd.data.imagenet import (
     ImageNetDataArguments,
     RepeatedAugmentationSampler,
@@ -383,3 +384,101 @@ def test_recipe_defaults_follow_the_machine_and_what_the_user_asked_for(tmp_path
     with pytest.raises(ValueError, match="either --learning_rate"):
         imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--learning_rate", "0.01", "--base_learning_rate",
                                                          "0.001"])
+
+
+# -- decode and augment on the device (issue 11) ---------------------------------------------------------------
+def _encoded_example(image: Image.Image, augment: bool, fmt: str = "JPEG") -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=95) if fmt == "JPEG" else image.save(buffer, format=fmt)
+    return {"encoded_image": read_encoded({"bytes": buffer.getvalue(), "path": None}, "test"), "labels": 3,
+            "augment": augment}
+
+
+def _photo(size: tuple[int, int] = (60, 44)) -> Image.Image:
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    pixels = np.stack([np.sin(x / 7 + c) * np.cos(y / 9) for c in range(3)], -1) * 100 + 128
+    return Image.fromarray(pixels.clip(0, 255).astype("uint8"))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_device_eval_view_matches_the_cpu_eval_transform(fmt):
+    """Same decode (libjpeg-turbo / the PNG fallback), same resize-shorter-side + center crop + normalisation: only
+    resampling rounding (< 1.5 grey levels) may differ."""
+    args = ImageNetDataArguments(input_size=32, decode_on_device=True, auto_augment="none")
+    image = _photo()
+    batch = DeviceImageCollator(args, "cpu")([_encoded_example(image, augment=False, fmt=fmt)] * 2)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=95) if fmt == "JPEG" else image.save(buffer, format=fmt)
+    expected = build_eval_transform(args)(Image.open(buffer).convert("RGB"))
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].tolist() == [3, 3]
+    difference = (batch["pixel_values"][0] - expected).abs() * torch.tensor(args.image_std).view(3, 1, 1) * 255
+    assert difference.max() < 1.5 and difference.mean() < 0.2
+
+
+def test_device_train_view_is_a_random_resized_crop_with_flips_then_augmented_and_erased():
+    """With the whole image as the only crop (scale 1 of a square image), each train view is the resized image or
+    its mirror, both occur, and the draw follows the seeds; RandAugment and random erasing then change pixels."""
+    square = _photo((48, 48))
+    plain = ImageNetDataArguments(input_size=32, decode_on_device=True, auto_augment="none", color_jitter=0,
+                                  reprob=0, train_scale_min=1.0)
+    collator = DeviceImageCollator(plain, "cpu")
+    torch.manual_seed(0)
+    views = collator([_encoded_example(square, augment=True)] * 16)["pixel_values"]
+    whole = DeviceImageCollator(ImageNetDataArguments(input_size=32, crop_pct=1.0, decode_on_device=True,
+                                                      auto_augment="none"), "cpu")(
+        [_encoded_example(square, augment=False)])["pixel_values"][0]
+    flipped = [bool(torch.equal(view, whole.flip(-1))) for view in views]
+    assert all(torch.equal(view, whole) or flip for view, flip in zip(views, flipped, strict=True))
+    assert 0 < sum(flipped) < 16
+    torch.manual_seed(0)
+    torch.testing.assert_close(collator([_encoded_example(square, augment=True)] * 16)["pixel_values"], views)
+
+    augmented = ImageNetDataArguments(input_size=32, decode_on_device=True, auto_augment="rand-m9-n2", reprob=1.0,
+                                      train_scale_min=1.0)
+    torch.manual_seed(0)
+    changed = DeviceImageCollator(augmented, "cpu")([_encoded_example(square, augment=True)] * 16)["pixel_values"]
+    assert changed.shape == views.shape and torch.isfinite(changed).all()
+    same = [bool(torch.equal(a, whole) or torch.equal(a, whole.flip(-1))) for a in changed]
+    assert not any(same)  # every view erased (reprob 1) and RandAugment-ed
+
+
+def test_device_path_refuses_what_it_cannot_do_and_warns_what_it_approximates(caplog):
+    with caplog.at_level("WARNING", logger="hf_projkd.data.device_images"):
+        DeviceImageCollator(ImageNetDataArguments(decode_on_device=True), "cpu")  # DeiT's rand-m9-mstd0.5-inc1
+    assert "{'mstd': '0.5', 'inc': '1'}" in caplog.text and "--decode_on_device false" in caplog.text
+    with pytest.raises(ValueError, match="device path has RandAugment only"):
+        DeviceImageCollator(ImageNetDataArguments(decode_on_device=True, auto_augment="augmix-m5-w4-d2"), "cpu")
+    with pytest.raises(ValueError, match="expected one of \\['bicubic', 'bilinear', 'nearest'\\]"):
+        DeviceImageCollator(ImageNetDataArguments(decode_on_device=True, interpolation="lanczos"), "cpu")
+    broken = {"encoded_image": torch.tensor([0xFF, 0xD8, 1, 2, 3], dtype=torch.uint8), "labels": 0, "augment": True}
+    good = _encoded_example(_photo(), augment=True)
+    with pytest.raises(ValueError, match="Image 1 of the batch cannot be decoded"):
+        DeviceImageCollator(ImageNetDataArguments(decode_on_device=True, auto_augment="none"), "cpu")([good, broken])
+    with pytest.raises(ValueError, match="No encoded image bytes or path"):
+        read_encoded({"bytes": None, "path": None}, "row 7")
+
+
+def test_deit_recipe_decodes_on_the_device_end_to_end(tmp_path, tmp_path_factory, image_folder):
+    """``--decode_on_device true``: the loader yields encoded bytes, the collator gives the same eval batches as
+    the CPU pipeline (to resampling rounding), and the recipe trains and evaluates; workers are refused."""
+    teacher = _timm_teacher(tmp_path_factory, "regnety_002")
+    config = tmp_path / "tiny_deit.json"
+    config.write_text(json.dumps(TINY_DEIT))
+    argv = [*_common_argv(tmp_path / "out", image_folder, teacher), "--student", str(config),
+            "--decode_on_device", "true"]
+    data_args = ImageNetDataArguments(dataset_name=str(image_folder), input_size=32, decode_on_device=True)
+    data = load_imagenet(data_args)
+    example = data.train[0]
+    assert set(example) == {"encoded_image", "augment", "labels"} and example["augment"] is True
+    assert example["encoded_image"].dtype == torch.uint8 and data.eval[0]["augment"] is False
+    on_device = DeviceImageCollator(data_args, "cpu")([data.eval[i] for i in range(4)])["pixel_values"]
+    torch.testing.assert_close(on_device, _eval_batch(image_folder), atol=0.03, rtol=0)
+
+    trainer, metrics = run("deit.yaml", deit_tiny.DEFAULTS, argv)
+    assert isinstance(trainer.data_collator.collator, DeviceImageCollator)
+    assert trainer.args.dataloader_num_workers == 0
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(math.isfinite(e["loss"]) for e in logs)
+    assert 0.0 <= metrics["eval_top1"] <= 100.0
+    with pytest.raises(ValueError, match="needs --dataloader_num_workers 0, got 2"):
+        imagenet.parse("deit.yaml", deit_tiny.DEFAULTS, [*argv, "--dataloader_num_workers", "2"])

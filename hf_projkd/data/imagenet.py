@@ -19,6 +19,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.auto_augment import AugmentOp
 
+from .device_images import read_encoded
 from .loading import load_image_dataset, open_image, resolve_columns
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
@@ -69,6 +70,11 @@ class ImageNetDataArguments:
     )
     image_std: list[float] = field(
         default_factory=lambda: list(IMAGENET_DEFAULT_STD), metadata={"help": "Normalisation std (RGB)."}
+    )
+    decode_on_device: bool = field(
+        default=False,
+        metadata={"help": "Decode (nvJPEG) and augment on the training device instead of in CPU loader workers, "
+                  "for GPUs that outrun the CPU cores (hf_projkd.data.device_images; RandAugment is torchvision's)."},
     )
 
     def __post_init__(self) -> None:
@@ -235,9 +241,21 @@ def load_imagenet(args: ImageNetDataArguments, seed: int = 0) -> ImageData:
         evaluation = _take(evaluation, args.max_eval_samples)
     if isinstance(train, IterableDataset):
         train = train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size)
-    train = _with_transform(train, build_train_transform(args), image_column, label_column)
-    evaluation = _with_transform(evaluation, build_eval_transform(args), image_column, label_column)
+    if args.decode_on_device:  # DeviceImageCollator decodes and augments
+        train = _with_transform(train, _encoded(augment=True), image_column, label_column)
+        evaluation = _with_transform(evaluation, _encoded(augment=False), image_column, label_column)
+    else:
+        train = _with_transform(train, _decoded(build_train_transform(args)), image_column, label_column)
+        evaluation = _with_transform(evaluation, _decoded(build_eval_transform(args)), image_column, label_column)
     return ImageData(train, evaluation, class_names, num_train)
+
+
+def _decoded(transform: Callable) -> Callable[[Any, str], dict[str, Any]]:
+    return lambda image, where: {"pixel_values": transform(open_image(image, where))}
+
+
+def _encoded(augment: bool) -> Callable[[Any, str], dict[str, Any]]:
+    return lambda image, where: {"encoded_image": read_encoded(image, where), "augment": augment}
 
 
 def _class_names(dataset: Dataset | IterableDataset, label_column: str) -> list[str]:
@@ -268,16 +286,16 @@ def _take(dataset: Dataset | IterableDataset, n: int) -> Dataset | IterableDatas
 
 
 def _with_transform(
-    dataset: Dataset | IterableDataset, transform: Callable, image_column: str, label_column: str
+    dataset: Dataset | IterableDataset, convert_image: Callable[[Any, str], dict[str, Any]], image_column: str,
+    label_column: str,
 ) -> Dataset | IterableDataset:
-    """Apply ``transform`` on access; the model-facing columns are ``pixel_values`` and ``labels``."""
+    """Apply ``convert_image`` on access: the columns it returns (``pixel_values``, or the encoded image) and
+    ``labels``."""
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
-        return {
-            "pixel_values": [transform(open_image(image, f"{image_column!r} of an example")) for image in
-                             batch[image_column]],
-            "labels": list(batch[label_column]),
-        }
+        rows = [convert_image(image, f"{image_column!r} of an example") for image in batch[image_column]]
+        columns = {key: [row[key] for row in rows] for key in (rows[0] if rows else {})}
+        return {**columns, "labels": list(batch[label_column])}
 
     if isinstance((dataset.features or {}).get(image_column), ImageFeature):  # decoded here: a bad file is named
         dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
