@@ -41,6 +41,7 @@ from hf_projkd.data.imagenet import (
     collate_images,
     load_imagenet,
 )
+from hf_projkd.families import normalization_of
 from hf_projkd.schedules import StepDecay
 
 RECIPES = {"deit_tiny": (deit_tiny, "deit.yaml"), "deit_small": (deit_small, "deit.yaml"),
@@ -411,6 +412,9 @@ def test_device_eval_view_matches_the_cpu_eval_transform(fmt):
     image.save(buffer, format=fmt, quality=95) if fmt == "JPEG" else image.save(buffer, format=fmt)
     expected = build_eval_transform(args)(Image.open(buffer).convert("RGB"))
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["labels"].tolist() == [3, 3]
+    # the trainer reads the data's normalisation from the collator (to convert the teacher's inputs)
+    mean, std = normalization_of(DeviceImageCollator(args, "cpu"))
+    assert mean == pytest.approx(args.image_mean) and std == pytest.approx(args.image_std)
     difference = (batch["pixel_values"][0] - expected).abs() * torch.tensor(args.image_std).view(3, 1, 1) * 255
     assert difference.max() < 1.5 and difference.mean() < 0.2
 

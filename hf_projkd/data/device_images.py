@@ -82,14 +82,15 @@ class DeviceImageCollator:
         self.scale, self.ratio = (args.train_scale_min, 1.0), (3 / 4, 4 / 3)
         self.augment = _device_augment(args)
         self.erase = RandomErasing(args.reprob, mode=args.remode, device=self.device) if args.reprob > 0 else None
-        self.mean = torch.tensor(args.image_mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(args.image_std, device=self.device).view(1, 3, 1, 1) * 255
+        self.image_mean, self.image_std = list(args.image_mean), list(args.image_std)  # what the trainer reads
+        self._mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1) * 255
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = self.decode([example["encoded_image"] for example in examples])
         views = [self.train_view(image) if example["augment"] else self.eval_view(image)
                  for image, example in zip(images, examples, strict=True)]
-        pixels = (torch.stack(views).float() - self.mean) / self.std
+        pixels = (torch.stack(views).float() - self._mean) / self._std
         if self.erase is not None and examples[0]["augment"]:
             pixels = self.erase(pixels)
         labels = torch.as_tensor([int(example["labels"]) for example in examples], dtype=torch.long)
