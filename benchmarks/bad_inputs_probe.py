@@ -74,6 +74,7 @@ from hf_projkd import (  # noqa: E402
 from hf_projkd.checkpointing import checkpoint_problem, mark_checkpoint_complete  # noqa: E402
 from hf_projkd.data import decode_image_dataset, load_image_dataset, resolve_columns  # noqa: E402
 from hf_projkd.data.cifar import CifarCollator, load_decoded_splits, random_crop_flip  # noqa: E402
+from hf_projkd.data.device_images import DeviceImageCollator, read_encoded  # noqa: E402
 from hf_projkd.data.imagenet import (  # noqa: E402
     ImageNetDataArguments,
     RepeatedAugmentationSampler,
@@ -1410,6 +1411,37 @@ def _randaugment(tmp: Path) -> set:
     transform = build_train_transform(ImageNetDataArguments(input_size=32, auto_augment="rand-m30-n6-mstd0-inc1"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3)).astype("uint8"))
     return {tuple(transform(image).shape) for _ in range(40)}
+
+
+def _device_collator(**fields: Any) -> Callable[[Path], Any]:
+    return lambda tmp: DeviceImageCollator(ImageNetDataArguments(input_size=32, decode_on_device=True, **fields), "cpu")
+
+
+def _device_batch(tmp: Path) -> Any:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 48, 3), dtype="uint8")).save(buffer, format="JPEG")
+    good = {"encoded_image": read_encoded({"bytes": buffer.getvalue()}, "row 0"), "labels": 0, "augment": True}
+    broken = {"encoded_image": torch.tensor([0xFF, 0xD8, 1, 2], dtype=torch.uint8), "labels": 1, "augment": True}
+    return _device_collator(auto_augment="none")(tmp)([good, broken])
+
+
+error_case("decode_on_device with loader workers", "deit_tiny.py --decode_on_device true --dataloader_num_workers 2",
+           _imagenet_parse("--decode_on_device", "true", "--dataloader_num_workers", "2"),
+           r"needs --dataloader_num_workers 0", r"got 2", r"Drop one of the two flags")
+error_case("decode_on_device with an AugMix policy", "--decode_on_device true --auto_augment augmix-m5-w4-d2",
+           _device_collator(auto_augment="augmix-m5-w4-d2"), r"device path has RandAugment only",
+           r"'augmix-m5-w4-d2' cannot run", r"Pass 'rand-m<magnitude>-n<ops>'")
+error_case("decode_on_device with lanczos resampling", "--decode_on_device true --interpolation lanczos",
+           _device_collator(interpolation="lanczos"), r"expected one of \['bicubic'", r"'lanczos' cannot run",
+           r"expected one of \['bicubic'")
+error_case("decode_on_device: DeiT's policy approximated", "--decode_on_device true, auto_augment rand-m9-mstd0.5-inc1",
+           _device_collator(), r"runs as torchvision's RandAugment\(num_ops=2, magnitude=9",
+           r"\{'mstd': '0.5', 'inc': '1'\} settings .* not applied", r"Use --decode_on_device false")
+error_case("decode_on_device: undecodable bytes", "a batch whose second image is a truncated JPEG header",
+           _device_batch, r"expected a JPEG, PNG", r"Image 1 of the batch cannot be decoded", r"Remove or re-encode it")
+error_case("decode_on_device: a cell without bytes or path", "read_encoded({'bytes': None, 'path': None})",
+           lambda tmp: read_encoded({"bytes": None, "path": None}, "row 7"), r"decode_on_device reads the image files",
+           r"No encoded image bytes or path at row 7", r"pass a dataset whose image column holds image files")
 
 
 def _quickstart(*argv: str) -> Callable[[Path], Any]:
