@@ -22,11 +22,9 @@ from timm.data.auto_augment import AugmentOp
 from .device_images import read_encoded
 from .loading import load_image_dataset, open_image, resolve_columns
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box", "random")
 RANDOM_ERASING_MODES = ("pixel", "rand", "const")
 _IMAGENET = {"image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD}
-"""Size of the ILSVRC-2012 train split, for step counts when streaming and the dataset does not say."""
 
 
 @dataclass
