@@ -666,18 +666,23 @@ error_case("NaN image in training", "pixel_values[2] = NaN in train_dataset", _n
            r"must stay finite", r"became NaN/inf between steps 0 and 1", r"NaN/inf in the inputs")
 
 
-def _inf_teacher_features(tmp: Path) -> None:
-    t = trainer(tmp, save_strategy="steps", save_steps=1, max_steps=4)
+def _teacher_features_turn(tmp: Path, value: float, **overrides: Any) -> DistillationTrainer:
+    """A 4-step trainer saving every step whose teacher features become ``value`` (inf / NaN) from step 3 on."""
+    t = trainer(tmp, max_steps=4, save_strategy="steps", save_steps=1, **overrides)
     real = t.teacher_forward
 
     def forward(pixels: torch.Tensor) -> ModelFeatures:
         out = real(pixels)
         if t.state.global_step >= 2:
-            out.features = torch.full_like(out.features, float("inf"))
+            out.features = torch.full_like(out.features, value)
         return out
 
     t.teacher_forward = forward
-    t.train()
+    return t
+
+
+def _inf_teacher_features(tmp: Path) -> None:
+    _teacher_features_turn(tmp, float("inf")).train()
 
 
 error_case("teacher features turn inf at step 3", "teacher_forward returns inf features from step 3",
@@ -1076,16 +1081,7 @@ def _crashed_lock(tmp: Path) -> DistillationTrainer:
 
 
 def _diverged(tmp: Path, **overrides: Any) -> DistillationTrainer:
-    t = trainer(tmp, max_steps=4, save_strategy="steps", save_steps=1, **overrides)
-    real = t.teacher_forward
-
-    def forward(pixels: torch.Tensor) -> ModelFeatures:
-        out = real(pixels)
-        if t.state.global_step >= 2:
-            out.features = torch.full_like(out.features, float("nan"))
-        return out
-
-    t.teacher_forward = forward
+    t = _teacher_features_turn(tmp, float("nan"), **overrides)
     with contextlib.suppress(FloatingPointError):
         t.train()
     return t

@@ -98,9 +98,8 @@ class DeviceImageCollator:
 
     def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
         """RGB uint8 (3, H, W) images on the device: JPEGs in one batched call, anything else one by one."""
-        is_jpeg = [bool(data[:2].tolist() == [0xFF, 0xD8]) for data in encoded]
         images: list[torch.Tensor | None] = [None] * len(encoded)
-        jpeg_rows = [row for row, jpeg in enumerate(is_jpeg) if jpeg]
+        jpeg_rows = [row for row, data in enumerate(encoded) if data[:2].tolist() == [0xFF, 0xD8]]  # SOI marker
         try:
             decoded = decode_jpeg([encoded[row] for row in jpeg_rows], mode=ImageReadMode.RGB,
                                   device=self.device) if jpeg_rows else []
