@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from timm.data import ImageNetInfo
+from timm.data.transforms import str_to_pil_interp
 from transformers import DeiTImageProcessor, set_seed
 
 from hf_projkd import METHODS, DistillationArguments, DistillationTrainer, create_student, load_image_classifier
@@ -127,7 +128,7 @@ def attach_preprocessing(student: torch.nn.Module, data_args: ImageNetDataArgume
             "mean": tuple(data_args.image_mean), "std": tuple(data_args.image_std),
         }
         return None
-    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}.get(data_args.interpolation, 3)
+    resample = int(str_to_pil_interp(data_args.interpolation))  # the filter the eval transform uses (timm's table)
     return DeiTImageProcessor(
         size={"shortest_edge": resize}, crop_size={"height": data_args.input_size, "width": data_args.input_size},
         resample=resample, image_mean=list(data_args.image_mean), image_std=list(data_args.image_std),

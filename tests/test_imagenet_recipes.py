@@ -325,6 +325,12 @@ def test_saved_image_processor_matches_the_eval_transform():
     theirs = processor(image, return_tensors="pt").pixel_values[0]
     assert processor.size == {"shortest_edge": 36} and theirs.shape == ours.shape == (3, 32, 32)
     torch.testing.assert_close(theirs, ours, atol=0.1, rtol=0.0)
+    # every accepted filter is recorded as itself, not replaced by bicubic
+    lanczos = attach_preprocessing(create_student("deit-tiny", CLASSES, 32), ImageNetDataArguments(
+        input_size=32, interpolation="lanczos"))
+    assert lanczos.resample == Image.Resampling.LANCZOS
+    with pytest.raises(ValueError, match="--interpolation 'random' is not supported"):
+        ImageNetDataArguments(interpolation="random")
 
 
 def test_baseline_results_are_read_from_a_measured_run_file(tmp_path):

@@ -22,7 +22,7 @@ from timm.data.auto_augment import AugmentOp
 from .device_images import read_encoded
 from .loading import load_image_dataset, open_image, resolve_columns
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box", "random")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box")  # timm eval has no "random"
 RANDOM_ERASING_MODES = ("pixel", "rand", "const")
 _IMAGENET = {"image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD}
 
